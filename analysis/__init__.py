@@ -1,0 +1,1 @@
+"""What the results say: metrics, the predictions format, collection, tables, plots, leaderboard."""

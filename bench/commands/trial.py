@@ -1,0 +1,62 @@
+"""`noharm trial`: train and score one (dataset, attribute, method, seed)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from bench.commands.common import UsageError, parse_options
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("trial", help="train and score one (dataset, attribute, method, seed)",
+                       description="Train one model and print its per-group table; --out saves predictions and metrics.")
+    p.add_argument("--dataset", required=True, help="registered dataset name (see `noharm datasets list`)")
+    p.add_argument("--attribute", required=True, help="sensitive attribute, or several joined by '+' (e.g. sex+race)")
+    p.add_argument("--method", required=True, help="registered method name (see `noharm methods list`)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--set", action="append", metavar="NAME=VALUE", help="override a hyperparameter (repeatable)")
+    p.add_argument("--option", action="append", metavar="KEY=VALUE", help="dataset option, e.g. image_size=64 (repeatable)")
+    p.add_argument("--target", help="dataset target (default: the dataset's own)")
+    p.add_argument("--data-root", help="folder holding a real dataset's official files")
+    p.add_argument("--objective", default="acc", help="validation metric for the best epoch (e.g. acc, val/worst_group_auc)")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
+    p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1")
+    p.add_argument("--out", help="folder for predictions.parquet, metrics.json, config.json, model.pt")
+    p.add_argument("--force", action="store_true", help="overwrite a non-empty --out folder")
+    p.add_argument("--quiet", action="store_true", help="no per-epoch log")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from bench.console import trial_report
+    from bench.trial import TrialConfig, run_trial, save_trial
+    from methods.hparams import parse_assignments
+
+    options = parse_options(args.option)
+    if args.data_root:
+        options["root"] = args.data_root
+    if args.target:
+        options["target"] = args.target
+    cfg = TrialConfig(
+        dataset=args.dataset, attribute=args.attribute, method=args.method, seed=args.seed,
+        hparams=parse_assignments(args.set), dataset_options=options, objective=args.objective,
+        precision=args.precision,
+    )
+    cfg.validate()
+    if args.out and Path(args.out).exists() and any(Path(args.out).iterdir()) and not args.force:
+        raise UsageError(f"output folder {args.out!r} is not empty; choose another --out or pass --force")
+    log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    result = run_trial(cfg, device=args.device, log=log)
+    print(f"{cfg.method} on {cfg.dataset} ({cfg.attribute}), seed {cfg.seed}, device {result.notes['device']}")
+    if result.notes["small_groups"]:
+        print(f"warning: groups below {cfg.min_group_size} samples in some split: {', '.join(result.notes['small_groups'])}")
+    print(trial_report(result.metrics, list(result.candidates), list(result.group_names)))
+    c = result.cost
+    print(f"\ntime {c['wall_seconds']:.1f} s (fit {c['fit_seconds']:.1f} s), "
+          f"{c['train_samples_per_second']:.0f} train samples/s, peak memory {c['peak_memory_mb']:.0f} MB")
+    if args.out:
+        save_trial(result, args.out, force=args.force)
+        print(f"wrote {args.out}/predictions.parquet, metrics.json, config.json, model.pt")
+    return 0

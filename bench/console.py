@@ -1,0 +1,39 @@
+"""Per-group tables for the terminal."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+TABLE_METRICS = ("acc", "auc")
+
+
+def group_frame(metrics: dict[str, float], split: str, candidate: str, group_names: list[str]) -> pd.DataFrame:
+    """Rows overall / each group / worst / gap; columns accuracy and AUC of one candidate on one split."""
+    rows = {"overall": "", **{g: f"/group:{g}" for g in group_names}, "worst group": "/worst", "gap": "/gap"}
+    data = {
+        m: [metrics.get(f"{split}/{candidate}/{m}{suffix}", math.nan) for suffix in rows.values()]
+        for m in TABLE_METRICS
+    }
+    data = {"n": [metrics.get(f"{split}/{candidate}/n{s}", math.nan) if s.startswith("/group") else math.nan
+                  for s in rows.values()], **data}
+    frame = pd.DataFrame(data, index=list(rows))
+    frame.index.name = f"{split} / {candidate}"
+    return frame
+
+
+def format_frame(frame: pd.DataFrame) -> str:
+    fmt = {c: (lambda v: "" if pd.isna(v) else f"{int(v)}") if c == "n" else (lambda v: "nan" if pd.isna(v) else f"{v:.4f}")
+           for c in frame.columns}
+    return frame.to_string(formatters=fmt)
+
+
+def trial_report(metrics: dict[str, float], candidates: list[str], group_names: list[str], splits=("val", "test")) -> str:
+    """The per-group tables of every candidate on val and test, as text."""
+    blocks = []
+    for cand in candidates:
+        for split in splits:
+            if any(k.startswith(f"{split}/{cand}/") for k in metrics):
+                blocks.append(format_frame(group_frame(metrics, split, cand, group_names)))
+    return "\n\n".join(blocks)

@@ -1,0 +1,197 @@
+"""One trial: (dataset, attribute, method, hparams, seed) -> predictions + metrics, in plain Python.
+
+Everything else (the CLI, Ray Tune sweeps) calls `run_trial`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import resource
+import shutil
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+import torch
+
+from analysis import predictions as P
+from analysis.metrics import evaluate
+from bench.errors import ConfigError
+from bench.objectives import canonical, make_objective
+from datasets import Grouping, get_dataset
+from methods import FitContext, TaskData, get_method
+
+SCORED_SPLITS = ("val", "test")
+
+
+@dataclass
+class TrialConfig:
+    """Everything that defines a trial's numbers (and nothing that does not)."""
+
+    dataset: str
+    attribute: str
+    method: str
+    seed: int = 0
+    hparams: dict[str, Any] = field(default_factory=dict)
+    dataset_options: dict[str, Any] = field(default_factory=dict)
+    objective: str = "acc"  # validation metric for early stopping / best epoch
+    precision: str = "fp32"
+    min_group_size: int = 10
+
+    def validate(self) -> None:
+        canonical(self.objective)
+        if self.precision not in ("fp32", "bf16", "fp16"):
+            raise ConfigError(f"unknown precision {self.precision!r}; choose one of: fp32, bf16, fp16")
+
+
+@dataclass
+class TrialResult:
+    config: TrialConfig
+    predictions: pd.DataFrame
+    metrics: dict[str, float]
+    group_names: tuple[str, ...]
+    candidates: tuple[str, ...]
+    cost: dict[str, float]
+    notes: dict[str, Any]
+    state_dict: dict[str, Any] = field(default_factory=dict, repr=False)
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """`auto` picks CUDA when present, else CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} requested but CUDA is not available; use --device cpu or auto")
+    return torch.device(device)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak resident memory of this process (MB); on CUDA, peak allocated device memory."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def score_predictions(preds: pd.DataFrame, group_names: list[str]) -> dict[str, float]:
+    """Flat metrics `{split}/{candidate}/{metric}` for every candidate on val and test."""
+    out: dict[str, float] = {}
+    for split in SCORED_SPLITS:
+        rows = preds[preds["split"] == split]
+        if rows.empty:
+            continue
+        y, g = rows["y"].to_numpy(), rows["group_id"].to_numpy()
+        for cand in P.candidates(preds):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # one-class groups: NaN AUC, reported in the table
+                m = evaluate(y, P.proba(rows, cand), g, group_names)
+            out.update({f"{split}/{cand}/{k}": float(v) for k, v in m.items()})
+    return out
+
+
+def run_trial(
+    cfg: TrialConfig,
+    device: str = "auto",
+    log: Callable[[str], None] = lambda msg: None,
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+) -> TrialResult:
+    """Train and score one trial. Raises on bad input before any training starts."""
+    cfg.validate()
+    t_start = time.perf_counter()
+    dev = resolve_device(device)
+    dataset = get_dataset(cfg.dataset, **cfg.dataset_options)
+    method_cls = get_method(cfg.method)
+    method = method_cls(cfg.hparams)
+    bundle = dataset.load(cfg.seed)
+    grouping = Grouping.from_table(bundle.table, cfg.attribute, bundle.attributes, cfg.min_group_size)
+
+    task = TaskData(
+        x=bundle.x, y=bundle.table["y"].to_numpy(np.int64), group=grouping.ids,
+        split=bundle.table["split"].to_numpy(str), n_groups=grouping.n_groups,
+        group_names=grouping.names, num_classes=bundle.num_classes, kind=bundle.kind,
+        mean=bundle.mean, std=bundle.std, augment=bundle.augment,
+    )
+    val_idx = task.indices("val")
+    objective = make_objective(cfg.objective, task.y[val_idx], task.group[val_idx], list(grouping.names))
+    ctx = FitContext(device=dev, seed=cfg.seed, objective=objective, precision=cfg.precision,
+                     log=log, on_epoch=on_epoch)
+
+    seed_everything(cfg.seed)
+    t_fit = time.perf_counter()
+    predictor = method.fit(task, ctx)
+    fit_seconds = time.perf_counter() - t_fit
+
+    all_idx = np.arange(len(task.y))
+    t_pred = time.perf_counter()
+    scores = predictor.predict_proba(task, all_idx)
+    predict_seconds = time.perf_counter() - t_pred
+    base = bundle.table[["sample_id", "split", "y"]].copy()
+    base["group"] = np.asarray(grouping.names, dtype=object)[grouping.ids]
+    base["group_id"] = grouping.ids
+    preds = P.build(base, scores)
+    metrics = score_predictions(preds, list(grouping.names))
+
+    stats = dict(getattr(predictor, "stats", {}) or {})
+    cost = {
+        "wall_seconds": time.perf_counter() - t_start,
+        "fit_seconds": fit_seconds,
+        "predict_seconds": predict_seconds,
+        "train_samples_per_second": float(stats.get("train_samples_per_second", float("nan"))),
+        "peak_memory_mb": peak_memory_mb(dev),
+        **{k: float(v) for k, v in stats.items() if k != "train_samples_per_second"},
+    }
+    notes = {
+        "device": str(dev),
+        "group_counts": grouping.counts.to_dict(orient="index"),
+        "small_groups": list(grouping.small_groups),
+        "dropped": bundle.dropped,
+        "hparams": method.hp,
+        "num_classes": bundle.num_classes,
+    }
+    return TrialResult(
+        config=cfg, predictions=preds, metrics=metrics, group_names=grouping.names,
+        candidates=tuple(P.candidates(preds)), cost=cost, notes=notes, state_dict=predictor.state_dict(),
+    )
+
+
+def save_trial(result: TrialResult, out: str | os.PathLike, force: bool = False) -> Path:
+    """Write predictions.parquet, metrics.json, config.json and model.pt into `out`, all or nothing.
+
+    Files are written into a staging folder beside `out` and moved into place
+    at the end, so a crash never leaves a folder that looks complete.
+    """
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not force:
+        raise FileExistsError(f"output folder {str(out)!r} is not empty; choose another --out or pass --force")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        result.predictions.to_parquet(stage / "predictions.parquet", index=False)
+        if result.state_dict:
+            torch.save(result.state_dict, stage / "model.pt")
+        config = {**asdict(result.config), "resolved_hparams": result.notes["hparams"],
+                  "group_names": list(result.group_names), "candidates": list(result.candidates),
+                  "command": sys.argv}
+        (stage / "config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
+        (stage / "metrics.json").write_text(json.dumps(
+            {"metrics": result.metrics, "cost": result.cost, "notes": result.notes}, indent=2, default=str) + "\n")
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(stage, out)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    return out

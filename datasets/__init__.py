@@ -1,0 +1,28 @@
+"""What a sample is: tables of (x, y, sensitive attributes, split), one registered loader per dataset."""
+
+from datasets.base import DataBundle, DatasetError, GroupDataset
+from datasets.grouping import Grouping
+from datasets.registry import Registry, UnknownNameError
+
+DATASETS: Registry[type[GroupDataset]] = Registry("dataset", entry_point_group="noharm.datasets")
+register_dataset = DATASETS.register
+
+
+def get_dataset(name: str, **options) -> GroupDataset:
+    """Instantiate the dataset registered as `name` with its options (root, target, image_size, ...)."""
+    return DATASETS.get(name)(**options)
+
+
+# The embedded datasets register themselves on import.
+from datasets import adult, digits_shift  # noqa: E402,F401
+
+__all__ = [
+    "DATASETS",
+    "DataBundle",
+    "DatasetError",
+    "GroupDataset",
+    "Grouping",
+    "UnknownNameError",
+    "get_dataset",
+    "register_dataset",
+]

@@ -1,0 +1,114 @@
+"""The GroupDataset interface: a table of samples plus their inputs, for one seed."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+
+SPLITS = ("train", "val", "test")
+
+
+class DatasetError(ValueError):
+    """Bad dataset input (unknown option value, missing file, malformed table); one clear line."""
+
+
+@dataclass
+class DataBundle:
+    """One dataset materialised for one seed.
+
+    `table` has columns `sample_id, split, y` and one column per sensitive
+    attribute (string values); row i of `table` is row i of `x`.
+    `x` is float32 [N, D] for tabular data or uint8 [N, C, H, W] for images
+    (possibly a read-only memory map of the preprocessing cache).
+    """
+
+    name: str
+    table: pd.DataFrame
+    x: np.ndarray
+    num_classes: int
+    kind: str  # "tabular" | "image"
+    class_names: list[str]
+    attributes: list[str]
+    # Per-channel statistics used to normalise uint8 images (ignored for tabular data).
+    mean: tuple[float, ...] = (0.5, 0.5, 0.5)
+    std: tuple[float, ...] = (0.25, 0.25, 0.25)
+    # Train-time augmentation applied to batches: None, "flip", "crop_flip" or "resized_crop_flip".
+    augment: str | None = None
+    # What loading dropped and why, e.g. {"missing values": 3620}.
+    dropped: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if len(self.table) != len(self.x):
+            raise DatasetError(f"{self.name}: table has {len(self.table)} rows but x has {len(self.x)}")
+        missing = {"sample_id", "split", "y", *self.attributes} - set(self.table.columns)
+        if missing:
+            raise DatasetError(f"{self.name}: table lacks columns {sorted(missing)}")
+        bad = set(self.table["split"].unique()) - set(SPLITS)
+        if bad:
+            raise DatasetError(f"{self.name}: unknown split values {sorted(bad)}; expected {SPLITS}")
+
+    def split_indices(self, split: str) -> np.ndarray:
+        """Row positions of one split."""
+        return np.flatnonzero(self.table["split"].to_numpy() == split)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.x.shape[1:])
+
+
+class GroupDataset(ABC):
+    """A registered dataset: declares its targets and attributes, loads a DataBundle per seed.
+
+    Subclasses set the class attributes below and implement `load`. Options are
+    validated in `__init__` so a bad value fails before any work starts.
+    """
+
+    name: ClassVar[str] = ""  # set by the registry
+    description: ClassVar[str] = ""
+    citation: ClassVar[str] = ""
+    kind: ClassVar[str] = "image"
+    # target name -> description; attribute name -> description.
+    targets: ClassVar[dict[str, str]] = {}
+    attributes: ClassVar[dict[str, str]] = {}
+    default_target: ClassVar[str] = ""
+    needs_root: ClassVar[bool] = False
+    size_note: ClassVar[str] = ""  # e.g. "48,842 rows (45,222 after dropping missing values)"
+
+    def __init__(self, root: str | None = None, target: str | None = None, **options: Any):
+        self.root = root
+        self.target = target or self.default_target
+        if self.target not in self.targets:
+            raise DatasetError(
+                f"unknown target {self.target!r} for dataset {self.name!r}; choose one of: {', '.join(self.targets)}"
+            )
+        if self.needs_root and not root:
+            raise DatasetError(f"dataset {self.name!r} needs --data-root (the folder holding its official files)")
+        if options:
+            raise DatasetError(
+                f"unknown option(s) {', '.join(sorted(options))} for dataset {self.name!r}"
+            )
+
+    @abstractmethod
+    def load(self, seed: int) -> DataBundle:
+        """Read (or reuse from cache) the data and assign splits deterministically for `seed`."""
+
+    def validate_files(self) -> None:
+        """Raise DatasetError (one line: what is missing, where) if the official files are not there.
+
+        Cheap: checks metadata files and folders, not every image. Sweeps call
+        it for every dataset before starting anything.
+        """
+
+    def summary(self) -> dict[str, Any]:
+        """What `noharm datasets list` shows."""
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "description": self.description,
+            "targets": list(self.targets),
+            "attributes": list(self.attributes),
+        }

@@ -1,0 +1,18 @@
+"""How a model is trained: the method registry, backbones, the training loop and selection."""
+
+from datasets.registry import Registry, UnknownNameError
+from methods.base import FitContext, Method, Predictor, TaskData
+
+METHODS: Registry[type[Method]] = Registry("method", entry_point_group="noharm.methods")
+register_method = METHODS.register
+
+
+def get_method(name: str) -> type[Method]:
+    """The method class registered as `name` (plugins included)."""
+    return METHODS.get(name)
+
+
+# Built-in methods register themselves on import.
+from methods import erm  # noqa: E402,F401
+
+__all__ = ["METHODS", "FitContext", "Method", "Predictor", "TaskData", "UnknownNameError", "get_method", "register_method"]

@@ -1,0 +1,184 @@
+"""Hyperparameters declared once: default value plus search space.
+
+One declaration serves the single run (defaults), `--set name=value`
+overrides (typed and checked here), the Optuna/Ray Tune search space and the
+docs (`noharm methods list`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+
+class HparamError(ValueError):
+    """A bad hyperparameter name or value; the message says what is accepted."""
+
+
+@dataclass(frozen=True)
+class Param:
+    default: Any
+    search: bool = True
+
+    def cast(self, name: str, raw: Any) -> Any:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+    def tune_domain(self):
+        """The Ray Tune search domain (OptunaSearch converts it)."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Float(Param):
+    low: float = 0.0
+    high: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not self.low <= self.high:
+            raise HparamError(f"bad search range [{self.low}, {self.high}]")
+
+    def cast(self, name: str, raw: Any) -> float:
+        if isinstance(raw, bool):
+            raise HparamError(f"hparam {name!r} takes a number, got {raw!r}")
+        try:
+            value = float(raw)
+        except (TypeError, ValueError):
+            raise HparamError(f"hparam {name!r} takes a number, got {raw!r}") from None
+        if not math.isfinite(value):
+            raise HparamError(f"hparam {name!r} must be finite, got {raw!r}")
+        return value
+
+    def describe(self) -> str:
+        return f"float, default {self.default:g}" + (f", searched in [{self.low:g}, {self.high:g}]" if self.search else "")
+
+    def tune_domain(self):
+        from ray import tune
+
+        return tune.uniform(self.low, self.high)
+
+
+@dataclass(frozen=True)
+class LogFloat(Float):
+    low: float = 1e-5
+    high: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.low <= self.high:
+            raise HparamError(f"bad log search range [{self.low}, {self.high}]")
+
+    def describe(self) -> str:
+        return f"float, default {self.default:g}" + (f", searched log-uniformly in [{self.low:g}, {self.high:g}]" if self.search else "")
+
+    def tune_domain(self):
+        from ray import tune
+
+        return tune.loguniform(self.low, self.high)
+
+
+@dataclass(frozen=True)
+class Int(Param):
+    low: int = 0
+    high: int = 1
+    log: bool = False
+
+    def cast(self, name: str, raw: Any) -> int:
+        if isinstance(raw, bool):
+            raise HparamError(f"hparam {name!r} takes an integer, got {raw!r}")
+        try:
+            as_float = float(raw)
+        except (TypeError, ValueError):
+            raise HparamError(f"hparam {name!r} takes an integer, got {raw!r}") from None
+        if not as_float.is_integer():
+            raise HparamError(f"hparam {name!r} takes an integer, got {raw!r}")
+        return int(as_float)
+
+    def describe(self) -> str:
+        return f"int, default {self.default}" + (f", searched in [{self.low}, {self.high}]" if self.search else "")
+
+    def tune_domain(self):
+        from ray import tune
+
+        # Tune's randint excludes the upper bound; ours is inclusive.
+        return tune.lograndint(self.low, self.high + 1) if self.log else tune.randint(self.low, self.high + 1)
+
+
+@dataclass(frozen=True)
+class Choice(Param):
+    choices: tuple = ()
+
+    def __post_init__(self) -> None:
+        if self.default not in self.choices:
+            raise HparamError(f"default {self.default!r} is not among {self.choices}")
+
+    def cast(self, name: str, raw: Any) -> Any:
+        for c in self.choices:
+            if raw == c or (isinstance(raw, str) and raw == str(c)):
+                return c
+            if isinstance(c, bool) and isinstance(raw, str) and raw.lower() in ("true", "false"):
+                if (raw.lower() == "true") == c:
+                    return c
+        raise HparamError(f"hparam {name!r} takes one of {list(self.choices)}, got {raw!r}")
+
+    def describe(self) -> str:
+        return f"one of {list(self.choices)}, default {self.default!r}" + ("" if self.search else " (not searched)")
+
+    def tune_domain(self):
+        from ray import tune
+
+        return tune.choice(list(self.choices))
+
+
+@dataclass(frozen=True)
+class Text(Param):
+    """A free-form string (e.g. a local file path); never searched."""
+
+    search: bool = False
+
+    def cast(self, name: str, raw: Any) -> str:
+        return str(raw)
+
+    def describe(self) -> str:
+        return f"text, default {self.default!r}"
+
+    def tune_domain(self):
+        return self.default
+
+
+def Bool(default: bool, search: bool = False) -> Choice:
+    """A boolean hparam (a two-way Choice)."""
+    return Choice(default, search=search, choices=(False, True))
+
+
+def resolve(declared: Mapping[str, Param], overrides: Mapping[str, Any] | None = None, owner: str = "") -> dict[str, Any]:
+    """Defaults with `overrides` applied; names and types checked against `declared`."""
+    values = {name: p.default for name, p in declared.items()}
+    for name, raw in (overrides or {}).items():
+        if name not in declared:
+            where = f" of method {owner!r}" if owner else ""
+            raise HparamError(f"unknown hparam {name!r}{where}; valid: {', '.join(sorted(declared))}")
+        values[name] = declared[name].cast(name, raw)
+    return values
+
+
+def parse_assignments(items: list[str] | None) -> dict[str, str]:
+    """Parse `["lr=0.01", "epochs=3"]` (the CLI's `--set`) into a dict of raw strings."""
+    out: dict[str, str] = {}
+    for item in items or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise HparamError(f"--set expects name=value, got {item!r}")
+        out[name.strip()] = value.strip()
+    return out
+
+
+def search_space(declared: Mapping[str, Param], fixed: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Ray Tune param space: searched hparams as domains; the rest, and those in `fixed`, as constants."""
+    fixed_values = resolve(declared, fixed)
+    return {
+        name: fixed_values[name] if (name in (fixed or {}) or not p.search) else p.tune_domain()
+        for name, p in declared.items()
+    }

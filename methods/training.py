@@ -1,0 +1,209 @@
+"""The shared training loop for gradient-trained methods.
+
+A `TorchMethod` subclass says what its model is (`build_model`), what its loss
+is (`training_loss`) and how it scores (`infer`); this module runs epochs,
+the optimiser and schedule, validation-only model selection (best epoch) and
+batched inference.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from contextlib import nullcontext
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from methods.backbones import BACKBONES, build_backbone
+from methods.base import FitContext, Method, Predictor, TaskData
+from methods.batches import Batch, BatchSource
+from methods.hparams import Choice, Float, Int, LogFloat, Param, Text
+
+# Declared once; methods extend this dict (`{**TRAINING_HPARAMS, ...}`).
+TRAINING_HPARAMS: dict[str, Param] = {
+    "optimizer": Choice("adam", choices=("adam", "sgd"), search=False),
+    "lr": LogFloat(1e-3, low=1e-4, high=1e-1),
+    "weight_decay": LogFloat(1e-4, low=1e-6, high=1e-2),
+    "momentum": Float(0.9, low=0.0, high=0.99, search=False),
+    "batch_size": Int(128, low=16, high=1024, search=False),
+    "epochs": Int(10, low=1, high=300, search=False),
+    "schedule": Choice("cosine", choices=("cosine", "exp", "none"), search=False),
+    "lr_decay": Float(0.9, low=0.5, high=1.0, search=False),  # per-epoch factor for schedule=exp
+    "patience": Int(0, low=0, high=100, search=False),  # 0: run every epoch, still keep the best
+    "backbone": Choice("auto", choices=BACKBONES, search=False),
+    "hidden": Int(256, low=32, high=2048, search=False),  # MLP width
+    "pretrained": Text(""),  # local weights file for resnet18; never downloads
+}
+
+
+class Classifier(nn.Module):
+    """Backbone features followed by one linear head."""
+
+    def __init__(self, backbone: nn.Module, num_classes: int):
+        super().__init__()
+        self.backbone = backbone
+        self.head = nn.Linear(backbone.out_dim, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))
+
+
+class TorchMethod(Method):
+    """A method trained by gradient descent through the shared loop."""
+
+    hparams = TRAINING_HPARAMS
+
+    def build_backbone(self, task: TaskData) -> nn.Module:
+        return build_backbone(self.hp["backbone"], task.input_shape, task.kind, hidden=self.hp["hidden"],
+                              pretrained=self.hp.get("pretrained", ""))
+
+    def build_model(self, task: TaskData) -> nn.Module:
+        return Classifier(self.build_backbone(task), task.num_classes)
+
+    def training_loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        return F.cross_entropy(model(batch.x), batch.y)
+
+    def infer(self, model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
+        """Logits per candidate."""
+        return {self.candidates[0]: model(batch.x)}
+
+    def parameter_groups(self, model: nn.Module) -> list[dict[str, Any]]:
+        return [{"params": [p for p in model.parameters() if p.requires_grad]}]
+
+    def make_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        groups = self.parameter_groups(model)
+        hp = self.hp
+        if hp["optimizer"] == "sgd":
+            return torch.optim.SGD(groups, lr=hp["lr"], momentum=hp["momentum"], weight_decay=hp["weight_decay"])
+        return torch.optim.AdamW(groups, lr=hp["lr"], weight_decay=hp["weight_decay"])
+
+    def train_step(self, model: nn.Module, batch: Batch, opt: torch.optim.Optimizer,
+                   scaler: torch.amp.GradScaler, ctx: FitContext) -> torch.Tensor:
+        """One optimisation step; returns the (detached) loss. Override for multi-player updates."""
+        with autocast(ctx):
+            loss = self.training_loss(model, batch)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"{self.name}: training loss became {loss.item()}; lower lr")
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        return loss.detach()
+
+    def on_epoch_start(self, model: nn.Module, epoch: int) -> None:
+        """Hook for methods with per-epoch state (e.g. group weights)."""
+
+    def setup(self, task: TaskData, ctx: FitContext) -> None:
+        """Hook run before training (e.g. compute group sizes)."""
+
+    def fit(self, task: TaskData, ctx: FitContext) -> Predictor:
+        return train(self, task, ctx)
+
+
+class TorchPredictor(Predictor):
+    def __init__(self, method: TorchMethod, model: nn.Module, source: BatchSource, ctx: FitContext):
+        self.method = method
+        self.model = model
+        self.source = source
+        self.ctx = ctx
+        self.candidates = tuple(method.candidates)
+        self.stats: dict[str, float] = {}
+
+    @torch.inference_mode()
+    def predict_proba(self, task: TaskData, indices: np.ndarray) -> dict[str, np.ndarray]:
+        self.model.eval()
+        parts: dict[str, list[np.ndarray]] = {c: [] for c in self.candidates}
+        for batch in self.source.iterate(np.asarray(indices), self.ctx.eval_batch_size):
+            with autocast(self.ctx):
+                logits = self.method.infer(self.model, batch)
+            for c in self.candidates:
+                parts[c].append(torch.softmax(logits[c].float(), dim=1).cpu().numpy())
+        c_dim = task.num_classes
+        return {c: (np.concatenate(v) if v else np.zeros((0, c_dim), np.float32)) for c, v in parts.items()}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+
+
+def autocast(ctx: FitContext):
+    """bf16/fp16 autocast when asked for; metrics and selection stay fp32."""
+    if ctx.precision == "fp32":
+        return nullcontext()
+    dtype = torch.bfloat16 if ctx.precision == "bf16" else torch.float16
+    return torch.autocast(device_type=ctx.device.type, dtype=dtype)
+
+
+def make_scheduler(method: TorchMethod, opt: torch.optim.Optimizer, steps_per_epoch: int):
+    hp = method.hp
+    if hp["schedule"] == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, hp["epochs"] * steps_per_epoch))
+    if hp["schedule"] == "exp":
+        # Per-epoch decay expressed per step so every schedule steps once per batch.
+        return torch.optim.lr_scheduler.ExponentialLR(opt, gamma=hp["lr_decay"] ** (1.0 / max(1, steps_per_epoch)))
+    return None
+
+
+def train(method: TorchMethod, task: TaskData, ctx: FitContext) -> TorchPredictor:
+    """Run the epochs; keep the weights of the best validation epoch (validation only, never test)."""
+    hp = method.hp
+    torch.manual_seed(ctx.seed)
+    gen = torch.Generator().manual_seed(ctx.seed)
+    source = BatchSource(task, ctx.device)
+    method.setup(task, ctx)
+    model = method.build_model(task).to(ctx.device)
+    opt = method.make_optimizer(model)
+    train_idx, val_idx = task.indices("train"), task.indices("val")
+    if len(train_idx) == 0:
+        raise ValueError("the train split is empty")
+    bs = hp["batch_size"]
+    # Drop a last batch of one sample: BatchNorm cannot train on it.
+    drop_last = len(train_idx) % bs == 1
+    steps = max(1, len(train_idx) // bs if drop_last else -(-len(train_idx) // bs))
+    sched = make_scheduler(method, opt, steps)
+    scaler = torch.amp.GradScaler(enabled=ctx.precision == "fp16")
+    predictor = TorchPredictor(method, model, source, ctx)
+
+    best_score, best_epoch, best_state, stale = -np.inf, -1, None, 0
+    samples, train_seconds = 0, 0.0
+    for epoch in range(hp["epochs"]):
+        model.train()
+        method.on_epoch_start(model, epoch)
+        t0 = time.perf_counter()
+        total, n_batches = 0.0, 0
+        for batch in source.iterate(train_idx, bs, shuffle=True, generator=gen, augment=task.augment, drop_last=drop_last):
+            loss = method.train_step(model, batch, opt, scaler, ctx)
+            if sched is not None:
+                sched.step()
+            total += float(loss)
+            n_batches += 1
+            samples += len(batch.index)
+        train_seconds += time.perf_counter() - t0
+        logs = {"train/loss": total / max(1, n_batches)}
+        if ctx.objective is not None and len(val_idx):
+            proba = predictor.predict_proba(task, val_idx)[method.candidates[0]]
+            score = float(ctx.objective(proba))
+            logs["val/objective"] = score
+            if score > best_score or best_state is None:
+                best_score, best_epoch, stale = score, epoch, 0
+                best_state = copy.deepcopy(model.state_dict())
+            else:
+                stale += 1
+        ctx.log(f"epoch {epoch + 1}/{hp['epochs']} " + " ".join(f"{k}={v:.4f}" for k, v in logs.items()))
+        if ctx.on_epoch is not None:
+            ctx.on_epoch(epoch, logs)
+        if hp["patience"] and stale >= hp["patience"]:
+            break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    predictor.stats = {
+        "epochs_run": epoch + 1,
+        "best_epoch": best_epoch + 1 if best_epoch >= 0 else epoch + 1,
+        "train_samples": samples,
+        "train_seconds": train_seconds,
+        "train_samples_per_second": samples / train_seconds if train_seconds > 0 else float("nan"),
+    }
+    return predictor
