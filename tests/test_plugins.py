@@ -64,10 +64,10 @@ def test_entry_point_plugin_registers_method_and_dataset(tmp_path):
     assert "blobs  [tabular]" in datasets.stdout
     trial = subprocess.run(
         [sys.executable, "-m", "bench.cli", "trial", "--dataset", "blobs", "--attribute", "side",
-         "--method", "smoothed", "--set", "epochs=3", "--set", "smoothing=0.2", "--quiet"],
+         "--method", "smoothed", "--set", "epochs=10", "--set", "lr=0.01", "--set", "smoothing=0.2", "--quiet"],
         capture_output=True, text=True, env=env,
     )
     assert trial.returncode == 0, trial.stderr
     # The plugin's data is separable: the plugin method learns it.
     overall = [line for line in trial.stdout.splitlines() if line.startswith("overall")]
-    assert overall and float(overall[-1].split()[-2]) > 0.9
+    assert overall and float(overall[-1].split()[-2]) > 0.9 and float(overall[-1].split()[-1]) > 0.95
