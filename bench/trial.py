@@ -14,7 +14,7 @@ import sys
 import tempfile
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -45,9 +45,22 @@ class TrialConfig:
     objective: str = "acc"  # validation metric for early stopping / best epoch
     precision: str = "fp32"
     min_group_size: int = 10
+    # No-harm selection against ERM inside the trial (the CLI's default for non-ERM
+    # methods). Sweeps leave these empty and compose stored predictions instead.
+    selectors: tuple[str, ...] = ()
+    selection_metric: str = "accuracy"
+    erm_predictions: str | None = None  # an ERM run folder for the same dataset, attribute and seed
 
     def validate(self) -> None:
         canonical(self.objective)
+        if self.selection_metric not in ("accuracy", "auc"):
+            raise ConfigError(f"unknown selection metric {self.selection_metric!r}; choose accuracy or auc")
+        if self.selectors:
+            from methods.selection import STRATEGIES
+
+            unknown = [s for s in self.selectors if s not in STRATEGIES]
+            if unknown:
+                raise ConfigError(f"unknown selector {unknown[0]!r}; choose from: {', '.join(sorted(STRATEGIES))}")
         if self.precision not in ("fp32", "bf16", "fp16"):
             raise ConfigError(f"unknown precision {self.precision!r}; choose one of: fp32, bf16, fp16")
 
@@ -146,13 +159,23 @@ def run_trial(
 
     stats = dict(getattr(predictor, "stats", {}) or {})
     cost = {
-        "wall_seconds": time.perf_counter() - t_start,
+        "wall_seconds": time.perf_counter() - t_start,  # this method only, not the reference ERM
         "fit_seconds": fit_seconds,
         "predict_seconds": predict_seconds,
         "train_samples_per_second": float(stats.get("train_samples_per_second", float("nan"))),
         "peak_memory_mb": peak_memory_mb(dev),
         **{k: float(v) for k, v in stats.items() if k != "train_samples_per_second"},
     }
+
+    selection: dict[str, Any] = {}
+    if cfg.selectors and cfg.method != "erm":
+        erm_preds = erm_reference(cfg, device, log)
+        from bench.compose import compose
+
+        preds, selection = compose(preds, erm_preds, list(cfg.selectors), metric=cfg.selection_metric,
+                                   candidate=method_cls.expert_candidate)
+        metrics = score_predictions(preds, list(grouping.names))
+
     notes = {
         "device": str(dev),
         "group_counts": grouping.counts.to_dict(orient="index"),
@@ -160,11 +183,40 @@ def run_trial(
         "dropped": bundle.dropped,
         "hparams": method.hp,
         "num_classes": bundle.num_classes,
+        "selection": selection,
     }
     return TrialResult(
         config=cfg, predictions=preds, metrics=metrics, group_names=grouping.names,
         candidates=tuple(P.candidates(preds)), cost=cost, notes=notes, state_dict=predictor.state_dict(),
     )
+
+
+def erm_reference(cfg: TrialConfig, device: str, log: Callable[[str], None]) -> pd.DataFrame:
+    """ERM predictions for the same dataset, attribute and seed: loaded from a run folder, or trained now.
+
+    A trained-now ERM shares the method's settings that ERM also declares
+    (backbone, epochs, optimiser, ...), so the comparison is like for like.
+    """
+    if cfg.erm_predictions:
+        folder = Path(cfg.erm_predictions)
+        if not (folder / "predictions.parquet").is_file() or not (folder / "config.json").is_file():
+            raise ConfigError(f"--erm {str(folder)!r} is not a trial folder (needs predictions.parquet and config.json)")
+        other = json.loads((folder / "config.json").read_text())
+        for field_name in ("dataset", "attribute", "seed", "dataset_options"):
+            if other.get(field_name) != getattr(cfg, field_name):
+                raise ConfigError(
+                    f"--erm {str(folder)!r} is for {field_name}={other.get(field_name)!r}, this trial has "
+                    f"{getattr(cfg, field_name)!r}; give an ERM run of the same dataset, attribute and seed"
+                )
+        if other.get("method") != "erm":
+            raise ConfigError(f"--erm {str(folder)!r} is a {other.get('method')!r} run, not an erm run")
+        return pd.read_parquet(folder / "predictions.parquet")
+    from methods import get_method
+
+    shared = {k: v for k, v in cfg.hparams.items() if k in get_method("erm").hparams}
+    log("training pooled ERM for the no-harm selection")
+    erm_cfg = replace(cfg, method="erm", hparams=shared, selectors=(), erm_predictions=None)
+    return run_trial(erm_cfg, device=device).predictions
 
 
 def save_trial(result: TrialResult, out: str | os.PathLike, force: bool = False) -> Path:

@@ -22,6 +22,12 @@ def add_parser(sub) -> None:
     p.add_argument("--data-root", help="folder holding a real dataset's official files")
     p.add_argument("--objective", default="acc", help="validation metric for the best epoch (e.g. acc, val/worst_group_auc)")
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
+    p.add_argument("--selectors", default="greedy,ip-gap,ip-utility",
+                   help="no-harm selectors composed with pooled ERM for non-ERM methods (comma-separated, or 'none')")
+    p.add_argument("--selection-metric", default="accuracy", choices=("accuracy", "auc"),
+                   help="validation metric the selectors compare per group")
+    p.add_argument("--erm", metavar="PATH", help="an ERM run folder (same dataset, attribute, seed) to compose with, "
+                                                  "instead of training ERM in this trial")
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1")
     p.add_argument("--out", help="folder for predictions.parquet, metrics.json, config.json, model.pt")
     p.add_argument("--force", action="store_true", help="overwrite a non-empty --out folder")
@@ -42,7 +48,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = TrialConfig(
         dataset=args.dataset, attribute=args.attribute, method=args.method, seed=args.seed,
         hparams=parse_assignments(args.set), dataset_options=options, objective=args.objective,
-        precision=args.precision,
+        precision=args.precision, selection_metric=args.selection_metric, erm_predictions=args.erm,
+        selectors=tuple(x.strip() for x in args.selectors.split(",") if x.strip() and x.strip() != "none"),
     )
     cfg.validate()
     if args.out and Path(args.out).exists() and any(Path(args.out).iterdir()) and not args.force:
@@ -53,6 +60,9 @@ def run(args: argparse.Namespace) -> int:
     if result.notes["small_groups"]:
         print(f"warning: groups below {cfg.min_group_size} samples in some split: {', '.join(result.notes['small_groups'])}")
     print(trial_report(result.metrics, list(result.candidates), list(result.group_names)))
+    for strategy, info in result.notes["selection"].items():
+        experts = [g for g, use in info["use_expert"].items() if use]
+        print(f"selected:{strategy}: experts for {', '.join(experts) if experts else 'no group'} ({info['status']})")
     c = result.cost
     print(f"\ntime {c['wall_seconds']:.1f} s (fit {c['fit_seconds']:.1f} s), "
           f"{c['train_samples_per_second']:.0f} train samples/s, peak memory {c['peak_memory_mb']:.0f} MB")
