@@ -3,6 +3,9 @@
 Inputs everywhere: `y` int [N] labels in 0..C-1, `proba` float [N, C] class
 probabilities (prediction = argmax), `groups` int [N] in 0..G-1, `group_names`
 the G names. Binary means C == 2, positive class 1, score = proba[:, 1].
+
+Flat metric keys are `m`, `m/group:<name>`, `m/worst`, `m/gap`: a colon, not
+`=`, because MLflow rejects `=` in metric names.
 """
 
 from __future__ import annotations
@@ -16,28 +19,58 @@ import pandas as pd
 from scipy.stats import rankdata
 
 PER_GROUP_METRICS = ("acc", "bal_acc", "auc", "tpr", "fpr", "ece")
-HIGHER_IS_BETTER = {"acc": True, "bal_acc": True, "auc": True, "tpr": True, "fpr": False, "ece": False}
+HIGHER_IS_BETTER: dict[str, bool] = {
+    "acc": True, "bal_acc": True, "auc": True, "tpr": True, "fpr": False, "ece": False,
+}
+FAIRNESS_DIFFERENCES = ("dp_diff", "eopp_diff", "eodds_diff")
+
+
+def _is_int(a: np.ndarray) -> bool:
+    return np.issubdtype(a.dtype, np.integer) or a.dtype == np.bool_
 
 
 def validate_inputs(y: np.ndarray, proba: np.ndarray, groups: np.ndarray, n_groups: int) -> None:
-    """Raise ValueError (one line: what is wrong, what was expected) on malformed predictions."""
+    """Raise ValueError (one line: what is wrong, what was expected) on malformed predictions.
+
+    Checks shapes (y and groups 1-D, proba 2-D [N, C] with C >= 2, equal lengths),
+    integer labels in 0..C-1 and group ids in 0..n_groups-1, no NaN in proba, and
+    proba rows summing to 1 within 1e-4.
+    """
     y, proba, groups = np.asarray(y), np.asarray(proba), np.asarray(groups)
     if proba.ndim != 2 or proba.shape[1] < 2:
-        raise ValueError(f"proba must be 2-D [N, C] with C >= 2, got shape {proba.shape}")
+        raise ValueError(f"proba must be 2-D [N, C] with C >= 2 classes, got shape {proba.shape}")
+    if y.ndim != 1 or groups.ndim != 1:
+        raise ValueError(f"y and groups must be 1-D [N], got shapes {y.shape} and {groups.shape}")
     if not (len(y) == len(proba) == len(groups)):
-        raise ValueError(f"length mismatch: y has {len(y)}, proba {len(proba)}, groups {len(groups)} rows")
+        raise ValueError(f"length mismatch: y has {len(y)} rows, proba {len(proba)}, groups {len(groups)}; expected equal")
+    if n_groups < 1:
+        raise ValueError(f"n_groups must be >= 1, got {n_groups}")
+    if not _is_int(y):
+        raise ValueError(f"y must hold integer class labels 0..{proba.shape[1] - 1}, got dtype {y.dtype}")
+    if not _is_int(groups):
+        raise ValueError(f"groups must hold integer group ids 0..{n_groups - 1}, got dtype {groups.dtype}")
+    if not np.issubdtype(proba.dtype, np.number):
+        raise ValueError(f"proba must be numeric probabilities, got dtype {proba.dtype}")
     if np.isnan(proba).any():
-        raise ValueError("proba contains NaN")
-    if len(proba) and np.abs(proba.sum(axis=1) - 1).max() > 1e-4:
-        raise ValueError("proba rows must sum to 1 (within 1e-4); pass probabilities, not logits")
+        raise ValueError(f"proba contains NaN in {int(np.isnan(proba).any(axis=1).sum())} rows; expected probabilities")
+    if len(proba):
+        worst = float(np.abs(proba.sum(axis=1) - 1).max())
+        if not worst <= 1e-4:  # `not <=` also catches inf
+            raise ValueError(f"proba rows must sum to 1 within 1e-4 (worst row off by {worst:.3g}); "
+                             "pass probabilities (softmax), not logits")
     if len(y) and (y.min() < 0 or y.max() >= proba.shape[1]):
-        raise ValueError(f"labels must be in 0..{proba.shape[1] - 1}, got range {y.min()}..{y.max()}")
+        raise ValueError(f"label outside 0..{proba.shape[1] - 1} (proba has {proba.shape[1]} classes), "
+                         f"got labels in {y.min()}..{y.max()}")
     if len(groups) and (groups.min() < 0 or groups.max() >= n_groups):
-        raise ValueError(f"group ids must be in 0..{n_groups - 1}, got range {groups.min()}..{groups.max()}")
+        raise ValueError(f"group id outside 0..{n_groups - 1} ({n_groups} groups), got ids in {groups.min()}..{groups.max()}")
 
 
 def accuracy_by_group(correct: np.ndarray, groups: np.ndarray, n_groups: int) -> np.ndarray:
-    """Mean of a 0/1 array per group ([N] -> [G], or [R, N] -> [R, G]); NaN for an empty group."""
+    """Mean of a 0/1 (or boolean) array per group; NaN for an empty group.
+
+    `correct` [N] gives [G]; `correct` [R, N] (R repeats sharing one `groups`,
+    e.g. bootstrap or stress repeats) gives [R, G], with no Python loop over R.
+    """
     correct = np.asarray(correct, dtype=np.float64)
     groups = np.asarray(groups)
     counts = np.bincount(groups, minlength=n_groups).astype(np.float64)
@@ -52,36 +85,46 @@ def accuracy_by_group(correct: np.ndarray, groups: np.ndarray, n_groups: int) ->
 
 
 def binary_auc(y: np.ndarray, score: np.ndarray) -> float:
-    """ROC AUC by the Mann-Whitney statistic (ties averaged); NaN with a warning if one class is absent."""
+    """ROC AUC by the Mann-Whitney statistic, ties counted 1/2 (average ranks).
+
+    Positive class is `y == 1`, everything else negative. Returns NaN and warns
+    when only one class is present (AUC is undefined there; sklearn raises).
+    """
     y = np.asarray(y)
-    n_pos = int((y == 1).sum())
+    pos = y == 1
+    n_pos = int(pos.sum())
     n_neg = len(y) - n_pos
     if n_pos == 0 or n_neg == 0:
         warnings.warn(f"AUC undefined: only one class present among {len(y)} samples; reporting NaN", stacklevel=2)
         return math.nan
     ranks = rankdata(score)
-    return float((ranks[y == 1].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 def _multiclass_auc(y: np.ndarray, proba: np.ndarray) -> float:
+    # One-vs-rest macro AUC, as sklearn's roc_auc_score(multi_class="ovr", average="macro").
     c = proba.shape[1]
     present = np.bincount(y, minlength=c) > 0
     if not present.all():
-        warnings.warn(f"AUC undefined: classes {np.flatnonzero(~present).tolist()} absent; reporting NaN", stacklevel=3)
+        warnings.warn(f"AUC undefined: classes {np.flatnonzero(~present).tolist()} absent among {len(y)} samples; "
+                      "reporting NaN", stacklevel=4)
         return math.nan
-    return float(np.mean([binary_auc((y == k).astype(int), proba[:, k]) for k in range(c)]))
+    return float(np.mean([binary_auc((y == k).astype(np.int64), proba[:, k]) for k in range(c)]))
 
 
 def _ece(y: np.ndarray, proba: np.ndarray, n_bins: int) -> float:
+    # Guo et al. (2017): bins ((b-1)/M, b/M] of top-class confidence, weighted |acc - conf|.
     if len(y) == 0:
         return math.nan
     conf = proba.max(axis=1)
     correct = (proba.argmax(axis=1) == y).astype(np.float64)
-    # Bins (lo, hi]; confidence 0 cannot occur for C >= 2 probabilities.
-    b = np.clip(np.ceil(conf * n_bins).astype(int) - 1, 0, n_bins - 1)
-    n = np.bincount(b, minlength=n_bins)
+    # searchsorted(side="left") puts conf in (edge[b], edge[b+1]], the same edges as np.linspace,
+    # so a value sitting exactly on an edge lands where an explicit `lo < conf <= hi` puts it.
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    b = np.clip(np.searchsorted(edges[1:-1], conf, side="left"), 0, n_bins - 1)
     acc = np.bincount(b, weights=correct, minlength=n_bins)
     cf = np.bincount(b, weights=conf, minlength=n_bins)
+    # sum_b |B_b|/n * |acc_b - conf_b| = sum_b |sum correct - sum conf| / n.
     return float(np.abs(acc - cf).sum() / len(y))
 
 
@@ -91,13 +134,17 @@ def _row(y: np.ndarray, proba: np.ndarray, n_bins: int) -> dict[str, float]:
     if n == 0:
         return {"n": 0, **{m: math.nan for m in PER_GROUP_METRICS}}
     pred = proba.argmax(axis=1)
-    recall = [float((pred[y == k] == k).mean()) for k in range(c) if (y == k).any()]
-    out = {"n": n, "acc": float((pred == y).mean()), "bal_acc": float(np.mean(recall))}
+    # Balanced accuracy: mean recall over the classes present in y (sklearn drops absent ones).
+    support = np.bincount(y, minlength=c)
+    hits = np.bincount(y, weights=(pred == y), minlength=c)
+    present = support > 0
+    out = {"n": n, "acc": float((pred == y).mean()), "bal_acc": float((hits[present] / support[present]).mean())}
     if c == 2:
-        out["auc"] = binary_auc(y, proba[:, 1])
-        pos, neg = y == 1, y == 0
-        out["tpr"] = float((pred[pos] == 1).mean()) if pos.any() else math.nan
-        out["fpr"] = float((pred[neg] == 1).mean()) if neg.any() else math.nan
+        out["auc"] = binary_auc(y, proba[:, 1]) if present.all() else _one_class_auc(n)
+        tp, fn = hits[1], support[1] - hits[1]
+        fp, tn = support[0] - hits[0], hits[0]
+        out["tpr"] = float(tp / (tp + fn)) if tp + fn else math.nan
+        out["fpr"] = float(fp / (fp + tn)) if fp + tn else math.nan
     else:
         out["auc"] = _multiclass_auc(y, proba)
         out["tpr"] = out["fpr"] = math.nan
@@ -105,21 +152,47 @@ def _row(y: np.ndarray, proba: np.ndarray, n_bins: int) -> dict[str, float]:
     return out
 
 
+def _one_class_auc(n: int) -> float:
+    # Same warning as binary_auc, but attributed to the caller of group_table.
+    warnings.warn(f"AUC undefined: only one class present among {n} samples; reporting NaN", stacklevel=4)
+    return math.nan
+
+
 def group_table(y, proba, groups, group_names: Sequence[str], n_bins: int = 15) -> pd.DataFrame:
-    """Rows 'overall' then each group; columns n, acc, bal_acc, auc, tpr, fpr, ece."""
-    y, proba, groups = np.asarray(y), np.asarray(proba, dtype=np.float64), np.asarray(groups)
-    validate_inputs(y, proba, groups, len(group_names))
+    """Per-group metrics: rows 'overall' then each group name in order; columns n, acc, bal_acc, auc, tpr, fpr, ece.
+
+    acc: accuracy of argmax. bal_acc: mean recall over the classes present in the row.
+    auc: binary ROC AUC of proba[:, 1], or one-vs-rest macro AUC for C > 2; NaN with a
+    warning when a class is absent from the row. tpr/fpr: binary only (NaN for C > 2 or
+    a zero denominator). ece: expected calibration error of the top-class confidence
+    with `n_bins` equal-width bins. An empty group has n = 0 and NaN metrics.
+    """
+    y, proba, groups = np.asarray(y), np.asarray(proba), np.asarray(groups)
+    names = [str(name) for name in group_names]
+    validate_inputs(y, proba, groups, len(names))
+    if len(set(names)) != len(names) or "overall" in names:
+        raise ValueError(f"group names must be unique and not 'overall', got {names}")
+    if n_bins < 1:
+        raise ValueError(f"n_bins must be >= 1, got {n_bins}")
+    proba = proba.astype(np.float64, copy=False)
     rows = {"overall": _row(y, proba, n_bins)}
+    # One stable sort, then contiguous slices per group: no boolean mask over N per group.
     order = np.argsort(groups, kind="stable")
-    bounds = np.searchsorted(groups[order], np.arange(len(group_names) + 1))
-    for g, name in enumerate(group_names):
+    bounds = np.searchsorted(groups[order], np.arange(len(names) + 1))
+    for g, name in enumerate(names):
         idx = order[bounds[g]:bounds[g + 1]]
-        rows[str(name)] = _row(y[idx], proba[idx], n_bins)
+        rows[name] = _row(y[idx], proba[idx], n_bins)
     return pd.DataFrame.from_dict(rows, orient="index")[["n", *PER_GROUP_METRICS]]
 
 
 def summarize(table: pd.DataFrame) -> dict[str, float]:
-    """Flat dict: `m`, `m/group:<name>`, `m/worst`, `m/gap` per metric, and `n/group:<name>`."""
+    """Flatten a group_table into one dict of floats.
+
+    For each metric m in PER_GROUP_METRICS: `m` (overall), `m/group:<name>` per group,
+    `m/worst` (min over groups if higher is better, else max) and `m/gap` (max - min);
+    worst and gap ignore NaN groups and are NaN when every group is NaN. Plus
+    `n/group:<name>`.
+    """
     out: dict[str, float] = {}
     groups = table.drop(index="overall")
     for m in PER_GROUP_METRICS:
@@ -144,22 +217,30 @@ def _spread(values: np.ndarray) -> float:
 
 
 def fairness_differences(y, proba, groups, n_groups: int) -> dict[str, float]:
-    """Demographic parity, equal opportunity and equalized odds differences (binary; NaN otherwise)."""
+    """Binary parity gaps between groups (all NaN for multiclass).
+
+    dp_diff: max - min over groups of P(pred = 1 | group) (demographic parity difference).
+    eopp_diff: max - min of TPR (equal opportunity difference).
+    eodds_diff: max(TPR difference, FPR difference) (fairlearn's equalized odds difference).
+    Empty groups are ignored; a group without positives is ignored for TPR, one
+    without negatives for FPR.
+    """
     y, proba, groups = np.asarray(y), np.asarray(proba), np.asarray(groups)
+    validate_inputs(y, proba, groups, n_groups)
     if proba.shape[1] != 2:
-        return {"dp_diff": math.nan, "eopp_diff": math.nan, "eodds_diff": math.nan}
-    pred1 = (proba.argmax(axis=1) == 1).astype(np.float64)
-    rate = accuracy_by_group(pred1, groups, n_groups)
+        return {k: math.nan for k in FAIRNESS_DIFFERENCES}
+    pred1 = proba.argmax(axis=1) == 1
     pos, neg = y == 1, y == 0
-    tpr = accuracy_by_group(pred1[pos], groups[pos], n_groups)
-    fpr = accuracy_by_group(pred1[neg], groups[neg], n_groups)
-    tpr_d, fpr_d = _spread(tpr), _spread(fpr)
-    return {"dp_diff": _spread(rate), "eopp_diff": tpr_d, "eodds_diff": float(np.nanmax([tpr_d, fpr_d]))
-            if not (math.isnan(tpr_d) and math.isnan(fpr_d)) else math.nan}
+    # accuracy_by_group gives NaN for groups with no rows, which _spread then ignores.
+    dp = _spread(accuracy_by_group(pred1, groups, n_groups))
+    tpr_d = _spread(accuracy_by_group(pred1[pos], groups[pos], n_groups))
+    fpr_d = _spread(accuracy_by_group(pred1[neg], groups[neg], n_groups))
+    both = [d for d in (tpr_d, fpr_d) if not math.isnan(d)]
+    return {"dp_diff": dp, "eopp_diff": tpr_d, "eodds_diff": max(both) if both else math.nan}
 
 
 def evaluate(y, proba, groups, group_names: Sequence[str]) -> dict[str, float]:
-    """Every per-group metric (overall, each group, worst, gap) plus the fairness differences."""
+    """summarize(group_table(...)) merged with fairness_differences(...): one flat dict of floats."""
     out = summarize(group_table(y, proba, groups, group_names))
     out.update(fairness_differences(y, proba, groups, len(group_names)))
     return out
