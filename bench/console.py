@@ -1,4 +1,4 @@
-"""Per-group tables for the terminal."""
+"""Per-group tables for the terminal: one table per split and metric, a column per candidate."""
 
 from __future__ import annotations
 
@@ -6,53 +6,51 @@ import math
 
 import pandas as pd
 
-TABLE_METRICS = ("acc", "auc")
+TABLE_METRICS = {"acc": "accuracy", "auc": "AUC"}
+HARM_MARK = " !"  # a group's value below the reference (pooled ERM) on the same split
 
 
-def group_frame(metrics: dict[str, float], split: str, candidate: str, group_names: list[str],
-                reference: str | None = None) -> pd.DataFrame:
-    """Rows overall / each group / worst / gap; columns accuracy and AUC of one candidate on one split.
+def split_frame(metrics: dict[str, float], split: str, metric: str, candidates: list[str],
+                group_names: list[str], reference: str | None = None) -> pd.DataFrame:
+    """Rows overall / each group (with n) / worst group / gap; a column per candidate, as text.
 
-    With a `reference` candidate (pooled ERM), a column says per group whether
-    this candidate's accuracy is below the reference's ("HARM") or not ("ok").
+    With a `reference` candidate, a group whose value is below the reference's
+    is marked with '!' (harm on this split).
     """
-    rows = {"overall": "", **{g: f"/group:{g}" for g in group_names}, "worst group": "/worst", "gap": "/gap"}
-    data = {
-        m: [metrics.get(f"{split}/{candidate}/{m}{suffix}", math.nan) for suffix in rows.values()]
-        for m in TABLE_METRICS
-    }
-    data = {"n": [metrics.get(f"{split}/{candidate}/n{s}", math.nan) if s.startswith("/group") else math.nan
-                  for s in rows.values()], **data}
-    frame = pd.DataFrame(data, index=list(rows))
-    if reference and reference != candidate:
-        flags = []
-        for suffix in rows.values():
-            ours = metrics.get(f"{split}/{candidate}/acc{suffix}", math.nan)
-            theirs = metrics.get(f"{split}/{reference}/acc{suffix}", math.nan)
-            flags.append("" if not suffix.startswith("/group") or math.isnan(ours) or math.isnan(theirs)
-                         else ("HARM" if ours < theirs else "ok"))
-        frame[f"vs {reference}"] = flags
-    frame.index.name = f"{split} / {candidate}"
+    suffixes = {"overall": "", **{g: f"/group:{g}" for g in group_names}, "worst group": "/worst", "gap": "/gap"}
+    index = []
+    for label, suffix in suffixes.items():
+        n = metrics.get(f"{split}/{candidates[0]}/n{suffix}") if suffix.startswith("/group") else None
+        index.append(f"{label} (n={int(n)})" if n is not None and not math.isnan(n) else label)
+    columns = {}
+    for cand in candidates:
+        cells = []
+        for suffix in suffixes.values():
+            value = metrics.get(f"{split}/{cand}/{metric}{suffix}", math.nan)
+            text = "nan" if math.isnan(value) else f"{value:.4f}"
+            if reference and cand != reference and suffix.startswith("/group"):
+                ref = metrics.get(f"{split}/{reference}/{metric}{suffix}", math.nan)
+                if not (math.isnan(value) or math.isnan(ref)) and value < ref:
+                    text += HARM_MARK
+            cells.append(text)
+        columns[cand] = cells
+    frame = pd.DataFrame(columns, index=index)
+    frame.index.name = f"{split} {TABLE_METRICS.get(metric, metric)}"
     return frame
 
 
-def format_frame(frame: pd.DataFrame) -> str:
-    def number(v):
-        return "nan" if pd.isna(v) else f"{v:.4f}"
-
-    def count(v):
-        return "" if pd.isna(v) else f"{int(v)}"
-
-    fmt = {c: count if c == "n" else number for c in frame.columns if c in ("n", *TABLE_METRICS)}
-    return frame.to_string(formatters=fmt)
-
-
-def trial_report(metrics: dict[str, float], candidates: list[str], group_names: list[str], splits=("val", "test")) -> str:
-    """The per-group tables of every candidate on val and test, as text."""
-    blocks = []
+def trial_report(metrics: dict[str, float], candidates: list[str], group_names: list[str],
+                 splits=("val", "test")) -> str:
+    """The per-group tables of every candidate (accuracy and AUC on each split), as text."""
     reference = "erm" if "erm" in candidates else None
-    for cand in candidates:
-        for split in splits:
-            if any(k.startswith(f"{split}/{cand}/") for k in metrics):
-                blocks.append(format_frame(group_frame(metrics, split, cand, group_names, reference)))
+    blocks = []
+    for split in splits:
+        present = [c for c in candidates if f"{split}/{c}/acc" in metrics]
+        present.sort(key=lambda c: c != reference)  # the reference column first
+        if not present:
+            continue
+        for metric in TABLE_METRICS:
+            blocks.append(split_frame(metrics, split, metric, present, group_names, reference).to_string())
+    if reference:
+        blocks.append(f"'!' marks a group below pooled ERM ({reference}) on that split.")
     return "\n\n".join(blocks)

@@ -33,14 +33,16 @@ def test_trial_prints_table_and_writes_outputs(tmp_path, capsys):
         assert row in text
     assert {"predictions.parquet", "metrics.json", "config.json", "model.pt"} <= {p.name for p in out.iterdir()}
     metrics = json.loads((out / "metrics.json").read_text())["metrics"]
-    acc_line = [l for l in text.splitlines() if l.startswith("overall")][-1]
-    assert f"{metrics['test/model/acc']:.4f}" in acc_line
+    lines = text.splitlines()
+    test_acc = lines.index(next(l for l in lines if l.startswith("test accuracy")))
+    assert lines[test_acc + 1].split() == ["overall", f"{metrics['test/model/acc']:.4f}"]
+    assert lines[test_acc + 2].startswith("shifted (n=")
 
 
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--dataset", "nope"], "unknown dataset 'nope'; choose one of: adult, digits-shift"),
+        (["--dataset", "nope"], "unknown dataset 'nope'; choose one of: adult, "),
         (["--dataset", "adult", "--attribute", "height"], "unknown attribute 'height'; choose one of: sex, race, race5, age"),
         (["--dataset", "adult", "--target", "age"], "unknown target 'age' for dataset 'adult'; choose one of: income"),
         (["--method", "magic"], "unknown method 'magic'; choose one of:"),
