@@ -14,5 +14,7 @@ def get_method(name: str) -> type[Method]:
 
 # Built-in methods register themselves on import.
 from methods import erm  # noqa: E402,F401
+from methods import fairsde  # noqa: E402,F401
+from methods import adv_debias, adv_rep, decoupled, group_models  # noqa: E402,F401
 
 __all__ = ["METHODS", "FitContext", "Method", "Predictor", "TaskData", "UnknownNameError", "get_method", "register_method"]

@@ -1,0 +1,6 @@
+"""FairSDE (selective demographic experts): the suite's reference method, its losses and ablations."""
+
+from methods.fairsde import losses
+from methods.fairsde.method import FairSDE, FairSDEModel, FairSDENoDisc, FairSDENoDiv, FairSDENoVirt, FairSDEPredictor
+
+__all__ = ["FairSDE", "FairSDEModel", "FairSDENoDisc", "FairSDENoDiv", "FairSDENoVirt", "FairSDEPredictor", "losses"]
