@@ -6,6 +6,7 @@ import os
 
 import numpy as np
 import pytest
+import torch
 
 # Quiet, loopback-only, self-contained runs (see README, "Ray and MLflow in tests").
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -13,6 +14,10 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+
+# Tiny test models run far faster on one thread than on contended OpenMP teams
+# (measured: 0.4 s vs 16-65 s on a loaded 2-core machine); pytest-xdist uses the other core.
+torch.set_num_threads(1)
 
 
 def make_task(kind: str = "tabular", n: int = 400, n_groups: int = 2, num_classes: int = 2, seed: int = 0,

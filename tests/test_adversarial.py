@@ -20,15 +20,6 @@ from tests.conftest import make_task
 FAST = {"backbone": "mlp", "hidden": 32, "batch_size": 64}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one intra-op thread avoids oversubscription stalls on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # --- gradient reversal ---------------------------------------------------------
 
 @pytest.mark.parametrize("weight", [0.0, 0.5, 1.0, 3.0])

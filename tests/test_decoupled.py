@@ -19,15 +19,6 @@ from tests.conftest import make_task
 FAST = {"backbone": "mlp", "hidden": 32, "batch_size": 32, "epochs": 2}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one intra-op thread avoids oversubscription stalls on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def accuracy_objective(task):
     val = task.indices("val")
     return lambda proba: float((proba.argmax(1) == task.y[val]).mean())

@@ -20,15 +20,6 @@ ABLATIONS = {"fairsde-no-disc": "lambda_disc", "fairsde-no-virt": "lambda_virt",
 FAST = {"epochs": 1, "batch_size": 32, "backbone": "mlp", "hidden": 32}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: intra-op threads only add barrier waits, which explode on a loaded 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def group_coded_task(n: int = 600, seed: int = 0):
     """make_task's tabular set with the group written into the inputs (feature 2 shifted by 3 per group)."""
     task = make_task("tabular", n=n, n_groups=2, seed=seed)
