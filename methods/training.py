@@ -97,6 +97,15 @@ class TorchMethod(Method):
     def on_epoch_start(self, model: nn.Module, epoch: int) -> None:
         """Hook for methods with per-epoch state (e.g. group weights)."""
 
+    def train_indices(self, task: TaskData, epoch: int, generator: torch.Generator) -> np.ndarray:
+        """The train rows of one epoch, in batch order: a random permutation unless a method samples otherwise.
+
+        An override (e.g. group-balanced resampling) should return as many rows
+        as the train split has, so the learning-rate schedule's step count holds.
+        """
+        idx = task.indices("train")
+        return idx[torch.randperm(len(idx), generator=generator).numpy()]
+
     def setup(self, task: TaskData, ctx: FitContext) -> None:
         """Hook run before training (e.g. compute group sizes)."""
 
@@ -116,6 +125,9 @@ class TorchPredictor(Predictor):
     @torch.inference_mode()
     def predict_proba(self, task: TaskData, indices: np.ndarray) -> dict[str, np.ndarray]:
         self.model.eval()
+        if task is not self.source.task:
+            # Another task (e.g. corrupted test images for a stress test): score its inputs, not the training ones.
+            self.source = BatchSource(task, self.ctx.device)
         parts: dict[str, list[np.ndarray]] = {c: [] for c in self.candidates}
         for batch in self.source.iterate(np.asarray(indices), self.ctx.eval_batch_size):
             with autocast(self.ctx):
@@ -174,7 +186,8 @@ def train(method: TorchMethod, task: TaskData, ctx: FitContext) -> TorchPredicto
         method.on_epoch_start(model, epoch)
         t0 = time.perf_counter()
         total, n_batches = 0.0, 0
-        for batch in source.iterate(train_idx, bs, shuffle=True, generator=gen, augment=task.augment, drop_last=drop_last):
+        order = method.train_indices(task, epoch, gen)
+        for batch in source.iterate(order, bs, generator=gen, augment=task.augment, drop_last=drop_last):
             loss = method.train_step(model, batch, opt, scaler, ctx)
             if sched is not None:
                 sched.step()
