@@ -44,6 +44,7 @@ class TrialConfig:
     dataset_options: dict[str, Any] = field(default_factory=dict)
     objective: str = "acc"  # validation metric for early stopping / best epoch
     precision: str = "fp32"
+    channels_last: str = "auto"  # memory format of image models: auto, on, off (changes float rounding only)
     min_group_size: int = 10
     # No-harm selection against ERM inside the trial (the CLI's default for non-ERM
     # methods). Sweeps leave these empty and compose stored predictions instead.
@@ -63,6 +64,8 @@ class TrialConfig:
                 raise ConfigError(f"unknown selector {unknown[0]!r}; choose from: {', '.join(sorted(STRATEGIES))}")
         if self.precision not in ("fp32", "bf16", "fp16"):
             raise ConfigError(f"unknown precision {self.precision!r}; choose one of: fp32, bf16, fp16")
+        if self.channels_last not in ("auto", "on", "off"):
+            raise ConfigError(f"unknown channels_last {self.channels_last!r}; choose one of: auto, on, off")
 
 
 @dataclass
@@ -125,6 +128,8 @@ def run_trial(
     cfg.validate()
     t_start = time.perf_counter()
     dev = resolve_device(device)
+    if cfg.precision == "fp16" and dev.type != "cuda":
+        raise ConfigError("precision fp16 needs a CUDA device (it uses a gradient scaler); use bf16 on CPU")
     dataset = get_dataset(cfg.dataset, **cfg.dataset_options)
     method_cls = get_method(cfg.method)
     method = method_cls(cfg.hparams)
@@ -140,6 +145,7 @@ def run_trial(
     val_idx = task.indices("val")
     objective = make_objective(cfg.objective, task.y[val_idx], task.group[val_idx], list(grouping.names))
     ctx = FitContext(device=dev, seed=cfg.seed, objective=objective, precision=cfg.precision,
+                     channels_last=cfg.channels_last, started_at=t_start,
                      log=log, on_epoch=on_epoch)
 
     seed_everything(cfg.seed)
@@ -162,6 +168,7 @@ def run_trial(
         "wall_seconds": time.perf_counter() - t_start,  # this method only, not the reference ERM
         "fit_seconds": fit_seconds,
         "predict_seconds": predict_seconds,
+        "predict_seconds_per_1000": predict_seconds / max(1, len(all_idx)) * 1000,
         "train_samples_per_second": float(stats.get("train_samples_per_second", float("nan"))),
         "peak_memory_mb": peak_memory_mb(dev),
         **{k: float(v) for k, v in stats.items() if k != "train_samples_per_second"},

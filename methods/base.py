@@ -48,7 +48,11 @@ class FitContext:
     seed: int = 0
     # Validation objective for early stopping: proba of the val rows -> score, higher is better.
     objective: Callable[[np.ndarray], float] | None = None
-    precision: str = "fp32"
+    precision: str = "fp32"  # fp32, bf16 (autocast, CPU or GPU) or fp16 (GPU, with a gradient scaler)
+    # Channels-last memory format for image models: "auto" (on for CUDA and for bf16), "on", "off".
+    channels_last: str = "auto"
+    # perf_counter() when the trial started, to measure the time to the first training step.
+    started_at: float | None = None
     log: Callable[[str], None] = lambda msg: None
     # Called after each epoch with (epoch, {"train/loss": ..., "val/objective": ...}).
     on_epoch: Callable[[int, dict[str, float]], None] | None = None

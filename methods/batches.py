@@ -27,9 +27,10 @@ class Batch:
 class BatchSource:
     """Turns row positions into device tensors: uint8 images normalised, tabular rows as-is."""
 
-    def __init__(self, task: TaskData, device: torch.device):
+    def __init__(self, task: TaskData, device: torch.device, channels_last: bool = False):
         self.task = task
         self.device = device
+        self.channels_last = channels_last and task.kind == "image"
         self.is_image = task.kind == "image"
         self.y = torch.from_numpy(np.array(task.y, dtype=np.int64)).to(device)  # a writable copy
         self.group = torch.from_numpy(np.array(task.group, dtype=np.int64)).to(device)
@@ -45,11 +46,16 @@ class BatchSource:
         if self.x_all is not None:
             x = self.x_all[torch.from_numpy(idx).to(self.device)]
         else:
-            x = torch.from_numpy(np.ascontiguousarray(self.task.x[np.sort(idx)])).to(self.device, non_blocking=True)
+            host = torch.from_numpy(np.ascontiguousarray(self.task.x[np.sort(idx)]))
+            if self.device.type == "cuda":
+                host = host.pin_memory()
+            x = host.to(self.device, non_blocking=True)
             # np.sort keeps memmap reads sequential; put rows back in the requested order.
             x = x[torch.from_numpy(np.argsort(np.argsort(idx))).to(self.device)]
         if self.is_image:
             x = (x.float() - self.mean) / self.std
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
         return x
 
     def batch(self, idx: np.ndarray, augment: str | None = None, generator: torch.Generator | None = None) -> Batch:

@@ -127,7 +127,7 @@ class TorchPredictor(Predictor):
         self.model.eval()
         if task is not self.source.task:
             # Another task (e.g. corrupted test images for a stress test): score its inputs, not the training ones.
-            self.source = BatchSource(task, self.ctx.device)
+            self.source = BatchSource(task, self.ctx.device, channels_last=self.source.channels_last)
         parts: dict[str, list[np.ndarray]] = {c: [] for c in self.candidates}
         for batch in self.source.iterate(np.asarray(indices), self.ctx.eval_batch_size):
             with autocast(self.ctx):
@@ -149,6 +149,18 @@ def autocast(ctx: FitContext):
     return torch.autocast(device_type=ctx.device.type, dtype=dtype)
 
 
+def use_channels_last(task: TaskData, ctx: FitContext) -> bool:
+    """Channels-last helps convolutions on CUDA and with bf16 on CPU; fp32 CPU convolutions gain nothing.
+
+    Measured on this project's CPU machine in bench/perf/train_speed.py (see RESULTS.md).
+    """
+    if task.kind != "image" or ctx.channels_last == "off":
+        return False
+    if ctx.channels_last == "on":
+        return True
+    return ctx.device.type == "cuda" or ctx.precision == "bf16"
+
+
 def make_scheduler(method: TorchMethod, opt: torch.optim.Optimizer, steps_per_epoch: int):
     hp = method.hp
     if hp["schedule"] == "cosine":
@@ -164,9 +176,12 @@ def train(method: TorchMethod, task: TaskData, ctx: FitContext) -> TorchPredicto
     hp = method.hp
     torch.manual_seed(ctx.seed)
     gen = torch.Generator().manual_seed(ctx.seed)
-    source = BatchSource(task, ctx.device)
+    channels_last = use_channels_last(task, ctx)
+    source = BatchSource(task, ctx.device, channels_last=channels_last)
     method.setup(task, ctx)
     model = method.build_model(task).to(ctx.device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
     opt = method.make_optimizer(model)
     train_idx, val_idx = task.indices("train"), task.indices("val")
     if len(train_idx) == 0:
@@ -179,6 +194,7 @@ def train(method: TorchMethod, task: TaskData, ctx: FitContext) -> TorchPredicto
     scaler = torch.amp.GradScaler(enabled=ctx.precision == "fp16")
     predictor = TorchPredictor(method, model, source, ctx)
 
+    first_step_seconds = float("nan")
     best_score, best_epoch, best_state, stale = -np.inf, -1, None, 0
     samples, train_seconds = 0, 0.0
     for epoch in range(hp["epochs"]):
@@ -189,6 +205,8 @@ def train(method: TorchMethod, task: TaskData, ctx: FitContext) -> TorchPredicto
         order = method.train_indices(task, epoch, gen)
         for batch in source.iterate(order, bs, generator=gen, augment=task.augment, drop_last=drop_last):
             loss = method.train_step(model, batch, opt, scaler, ctx)
+            if n_batches == 0 and epoch == 0 and ctx.started_at is not None:
+                first_step_seconds = time.perf_counter() - ctx.started_at
             if sched is not None:
                 sched.step()
             total += float(loss)
@@ -218,5 +236,7 @@ def train(method: TorchMethod, task: TaskData, ctx: FitContext) -> TorchPredicto
         "train_samples": samples,
         "train_seconds": train_seconds,
         "train_samples_per_second": samples / train_seconds if train_seconds > 0 else float("nan"),
+        "time_to_first_step_seconds": first_step_seconds,
+        "channels_last": float(channels_last),
     }
     return predictor

@@ -28,6 +28,8 @@ def add_parser(sub) -> None:
                    help="validation metric the selectors compare per group")
     p.add_argument("--erm", metavar="PATH", help="an ERM run folder (same dataset, attribute, seed) to compose with, "
                                                   "instead of training ERM in this trial")
+    p.add_argument("--channels-last", default="auto", choices=("auto", "on", "off"),
+                   help="memory format of image models (auto: on for CUDA and bf16)")
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1")
     p.add_argument("--out", help="folder for predictions.parquet, metrics.json, config.json, model.pt")
     p.add_argument("--force", action="store_true", help="overwrite a non-empty --out folder")
@@ -48,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = TrialConfig(
         dataset=args.dataset, attribute=args.attribute, method=args.method, seed=args.seed,
         hparams=parse_assignments(args.set), dataset_options=options, objective=args.objective,
-        precision=args.precision, selection_metric=args.selection_metric, erm_predictions=args.erm,
+        precision=args.precision, channels_last=args.channels_last, selection_metric=args.selection_metric, erm_predictions=args.erm,
         selectors=tuple(x.strip() for x in args.selectors.split(",") if x.strip() and x.strip() != "none"),
     )
     cfg.validate()
