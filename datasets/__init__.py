@@ -13,8 +13,8 @@ def get_dataset(name: str, **options) -> GroupDataset:
     return DATASETS.get(name)(**options)
 
 
-# The embedded datasets register themselves on import.
-from datasets import adult, digits_shift  # noqa: E402,F401
+# Built-in datasets (embedded and real-data loaders) register themselves on import.
+from datasets import adult, celeba, digits_shift, fairface, fitzpatrick17k, ham10000, harvard_gf, mimic_cxr, utkface  # noqa: E402,F401
 
 __all__ = [
     "DATASETS",
