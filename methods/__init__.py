@@ -16,5 +16,6 @@ def get_method(name: str) -> type[Method]:
 from methods import erm  # noqa: E402,F401
 from methods import fairsde  # noqa: E402,F401
 from methods import adv_debias, adv_rep, decoupled, group_models  # noqa: E402,F401
+from methods import dfr, fairmixup, fin, fscl, gapreg, group_threshold, groupdro, laftr, resample, reweight  # noqa: E402,F401
 
 __all__ = ["METHODS", "FitContext", "Method", "Predictor", "TaskData", "UnknownNameError", "get_method", "register_method"]

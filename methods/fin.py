@@ -1,0 +1,78 @@
+"""Fair Identity Normalization (Luo et al., 2023, the Harvard-GF paper): per-group learnable normalisation of features.
+
+Between the backbone and the head, each group g has its own learnable mean
+mu_g and scale sigma_g = softplus(tau_g) (one value per feature), and a
+sample's features z are normalised with its own group's:
+
+    z' = momentum * z + (1 - momentum) * (z - mu_g) / sigma_g
+
+The momentum blends the raw features back in, as in the paper. The head is
+shared; the group is read from the batch at inference too (routing by the
+true group, like the paper's identity-aware models).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from methods import register_method
+from methods.base import TaskData
+from methods.batches import Batch
+from methods.hparams import Float
+from methods.training import TRAINING_HPARAMS, TorchMethod
+
+# softplus(INIT_TAU) == 1: every group starts with the identity normalisation.
+INIT_TAU = math.log(math.e - 1.0)
+
+
+class FairIdentityNorm(nn.Module):
+    """Per-group learnable mean and scale for features [B, D], selected by each row's group."""
+
+    def __init__(self, n_groups: int, dim: int, momentum: float, eps: float = 1e-5):
+        super().__init__()
+        self.mu = nn.Parameter(torch.zeros(n_groups, dim))
+        self.tau = nn.Parameter(torch.full((n_groups, dim), INIT_TAU))
+        self.momentum = momentum
+        self.eps = eps
+
+    def sigma(self) -> torch.Tensor:
+        return F.softplus(self.tau) + self.eps
+
+    def forward(self, z: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
+        normalised = (z - self.mu[group]) / self.sigma()[group]
+        return self.momentum * z + (1.0 - self.momentum) * normalised
+
+
+class FINModel(nn.Module):
+    def __init__(self, backbone: nn.Module, num_classes: int, n_groups: int, momentum: float):
+        super().__init__()
+        self.backbone = backbone
+        self.norm = FairIdentityNorm(n_groups, backbone.out_dim, momentum)
+        self.head = nn.Linear(backbone.out_dim, num_classes)
+
+    def forward(self, x: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
+        return self.head(self.norm(self.backbone(x), group))
+
+
+@register_method("fin")
+class FIN(TorchMethod):
+    description = "Fair Identity Normalization: features normalised by the row's own group's learnable mean and scale, shared head"
+    paper = ("Luo et al. (2024), Harvard Glaucoma Fairness: a retinal nerve disease dataset for fairness learning "
+             "and fair identity normalization (IEEE TMI)")
+    hparams = {
+        **TRAINING_HPARAMS,
+        "momentum": Float(0.5, low=0.0, high=0.9),  # weight of the raw features in the blend
+    }
+
+    def build_model(self, task: TaskData) -> nn.Module:
+        return FINModel(self.build_backbone(task), task.num_classes, task.n_groups, self.hp["momentum"])
+
+    def training_loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        return F.cross_entropy(model(batch.x, batch.group), batch.y)
+
+    def infer(self, model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
+        return {"model": model(batch.x, batch.group)}
