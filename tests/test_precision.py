@@ -12,7 +12,7 @@ BF16_TOLERANCE = 0.05
 
 def _trial(**kw):
     return run_trial(TrialConfig(dataset="digits-shift", attribute="style", method="erm", seed=0,
-                                 hparams=DIGITS, **kw), device="cpu")
+                                 hparams=DIGITS, dataset_options={"image_size": 16}, **kw), device="cpu")
 
 
 def test_bf16_trains_to_within_tolerance_of_fp32():

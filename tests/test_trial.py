@@ -51,7 +51,7 @@ def test_metrics_equal_sklearn_on_saved_predictions(adult_result, tmp_path):
 
 def test_same_seed_same_numbers():
     cfg = TrialConfig(dataset="digits-shift", attribute="style", method="erm", seed=1,
-                      hparams={"epochs": 2, "backbone": "cnn", "batch_size": 64})
+                      hparams={"epochs": 2, "backbone": "cnn", "batch_size": 64}, dataset_options={"image_size": 16})
     a, b = run_trial(cfg, device="cpu"), run_trial(cfg, device="cpu")
     assert a.metrics == b.metrics
     assert np.array_equal(P.proba(a.predictions, "model"), P.proba(b.predictions, "model"))
@@ -70,7 +70,7 @@ def test_best_epoch_is_chosen_on_validation_only(monkeypatch):
 
     monkeypatch.setattr(trial_module, "make_objective", spy)
     res = run_trial(TrialConfig(dataset="digits-shift", attribute="style", method="erm",
-                                hparams={"epochs": 1, "backbone": "cnn"}), device="cpu")
+                                hparams={"epochs": 1, "backbone": "cnn"}, dataset_options={"image_size": 16}), device="cpu")
     n_val = int((res.predictions["split"] == "val").sum())
     assert seen == [n_val]
 
