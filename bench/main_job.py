@@ -1,24 +1,22 @@
-"""The main job behind `make bench`: ERM on every embedded dataset and attribute (until sweeps land)."""
+"""The main job behind `make bench`: the default suite (bench/suites/default.yaml) into `results/`."""
 
 from __future__ import annotations
 
+from importlib import resources
 from pathlib import Path
 
 
-def run_main_job(out: str = "results", seeds: list[int] | None = None) -> int:
-    from bench.console import trial_report
-    from bench.trial import TrialConfig, run_trial, save_trial
-    from datasets import DATASETS
+def default_suite_path() -> Path:
+    """The shipped default suite (package data, so it is found from any working folder)."""
+    return Path(str(resources.files("bench") / "suites" / "default.yaml"))
 
-    plan = [("adult", a, {}) for a in ("sex", "race", "race5", "age")]
-    plan += [("digits-shift", "style", {"backbone": "cnn"})]
-    for seed in seeds or [0]:
-        for dataset, attribute, hp in plan:
-            assert dataset in DATASETS
-            cfg = TrialConfig(dataset=dataset, attribute=attribute, method="erm", seed=seed, hparams=hp)
-            result = run_trial(cfg)
-            print(f"\n== erm on {dataset} ({attribute}), seed {seed}")
-            print(trial_report(result.metrics, ["model"], list(result.group_names), splits=("test",)))
-            save_trial(result, Path(out) / f"{dataset}-{attribute}-erm-s{seed}", force=True)
-    print(f"\nresults in {out}/")
-    return 0
+
+def run_main_job(out: str = "results", suite: str | None = None, max_concurrent: int | None = None,
+                 tracking_uri: str | None = None) -> int:
+    """Run the default suite (or `suite`) into `out`; prints the comparison, where the results are and
+    the `mlflow ui` command. Rerunning skips everything already finished."""
+    from bench.commands.run import run_and_report
+    from bench.suite import load_suite
+
+    loaded = load_suite(suite or default_suite_path())
+    return run_and_report(loaded, out, tracking_uri=tracking_uri, max_concurrent=max_concurrent)

@@ -1,0 +1,205 @@
+"""`noharm run`: a suite through Ray Tune (Optuna search, evaluation on every seed, selector composition) into MLflow.
+
+The flow:
+1. load and validate the suite; check every dataset's files (fail in a second on a wrong --data-root);
+2. open the MLflow experiment (creating the store in the driver, before any trial);
+3. end runs a killed driver left RUNNING; read what is already FINISHED;
+4. one Tuner whose searcher (`bench.sweep_searcher`) proposes search, evaluate and compose trials,
+   skipping every key already FINISHED, while `bench.progress` prints one status line;
+5. report: the comparison table (`bench.sweep_report`), where the results are, and the
+   `mlflow ui` command. Exit 0 when everything finished, 1 when some trial failed.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.suite import Suite, check_files
+from bench.tracking import Tracker, default_uri, git_commit, is_local_store
+
+# Ray keeps Unix sockets under its temp folder; their paths must stay under ~107 characters.
+MAX_RAY_TMP_LEN = 60
+
+
+@dataclass
+class SweepOutcome:
+    """What a sweep did: counts per stage, failures, where the results are."""
+
+    out: Path
+    tracking_uri: str
+    experiment: str
+    experiment_id: str
+    counts: dict[str, Any]
+    failures: list = field(default_factory=list)
+    elapsed: float = 0.0
+    table: Any = None
+    interrupted: bool = False  # stopped before the grid was complete (Ctrl-C)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures and not self.interrupted
+
+    @property
+    def ui_command(self) -> str:
+        if is_local_store(self.tracking_uri):
+            return f"mlflow ui --backend-store-uri {self.tracking_uri}"
+        return f"a browser at {self.tracking_uri} (experiment {self.experiment!r})"
+
+
+def prepare_environment(address: str | None, out: Path) -> Path | None:
+    """Quiet, self-contained Ray and MLflow; must run before Ray is imported (Ray reads some at import).
+
+    Local Ray (no address) keeps every socket on 127.0.0.1 and its temp files inside
+    the run folder; joining a cluster changes neither. Existing values win.
+    Returns the temp folder this call chose for Ray, if any.
+    """
+    for key, value in (("RAY_USAGE_STATS_ENABLED", "0"), ("RAY_AIR_NEW_OUTPUT", "0"),
+                       ("RAY_AUTH_MODE", "disabled"), ("MLFLOW_DISABLE_TELEMETRY", "true"),
+                       ("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1"), ("RAY_DEDUP_LOGS", "0")):
+        os.environ.setdefault(key, value)
+    ray = sys.modules.get("ray")
+    if not address and not (ray is not None and ray.is_initialized()):
+        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+        if "RAY_TMPDIR" in os.environ:
+            return None
+        tmp = ray_temp_dir(out)
+        tmp.mkdir(parents=True, exist_ok=True)
+        os.environ["RAY_TMPDIR"] = str(tmp)
+        os.environ.setdefault("TMPDIR", str(tmp))
+        return tmp
+    return None
+
+
+def quiet_loggers() -> None:
+    """MLflow's table creation, Alembic's migrations, Optuna's study notes and Tune's notes stay quiet."""
+    import logging
+
+    import mlflow  # noqa: F401  (configures its logger on import; lower it afterwards)
+    import optuna
+
+    for name in ("mlflow", "alembic", "ray", "filelock"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    # Tune warns about result files we do not write (auto loggers are off); its errors still show.
+    logging.getLogger("ray.tune").setLevel(logging.ERROR)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def ray_temp_dir(out: Path) -> Path:
+    """Ray's temp folder: inside the run folder unless that path is too long for Ray's sockets."""
+    inside = out.absolute() / "tmp"
+    if len(str(inside)) <= MAX_RAY_TMP_LEN:
+        return inside
+    return Path(tempfile.gettempdir()) / f"noharm-ray-{uuid.uuid5(uuid.NAMESPACE_URL, str(inside)).hex[:10]}"
+
+
+def start_ray(address: str | None) -> bool:
+    """Start a local Ray on 127.0.0.1, or join `address`; returns True when this call started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    if address:
+        ray.init(address=address, log_to_driver=False, logging_level="error")
+        return True
+    tmp = Path(os.environ.get("RAY_TMPDIR") or tempfile.gettempdir())
+    ray.init(address="local", log_to_driver=False, logging_level="error", include_dashboard=False,
+             _temp_dir=str(tmp / "ray"))
+    return True
+
+
+def run_suite(suite: Suite, out: str | os.PathLike, tracking_uri: str | None = None, experiment: str | None = None,
+              address: str | None = None, max_concurrent: int | None = None, device: str = "auto",
+              quiet: bool = False) -> SweepOutcome:
+    """Run every trial of `suite` that MLflow does not already hold as FINISHED; see the module docstring."""
+    t0 = time.monotonic()
+    check_files(suite)  # a missing dataset fails before anything is created or started
+    out = Path(out).absolute()
+    out.mkdir(parents=True, exist_ok=True)
+    ray_tmp = prepare_environment(address, out)
+    from ray import tune
+
+    from bench.keys import CODE_VERSION
+    from bench.progress import Progress
+    from bench.sweep_searcher import SweepSearcher, prior_search_results
+    from bench.sweep_trials import tune_trainable
+
+    quiet_loggers()
+    uri = tracking_uri or suite.tracking.uri or default_uri(out)
+    exp_name = experiment or suite.tracking.experiment or suite.name
+    artifacts = (out / "artifacts").as_uri() if is_local_store(uri) else None
+    tracker = Tracker.open(uri, exp_name, artifact_location=artifacts)
+
+    stale = tracker.close_stale(suite.name)
+    finished = tracker.finished_index(suite.name)
+    prior = prior_search_results([r for (stage, _), r in finished.items() if stage == "search"], suite, CODE_VERSION)
+    searcher = SweepSearcher(suite, finished, prior)
+    if not quiet:
+        say = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+        planned = {k: v.planned for k, v in searcher.counts.items()}
+        say(f"suite {suite.name}: {planned['search']} search, {planned['evaluate']} evaluate, "
+            f"{planned['compose']} compose trials; tracking {uri} (experiment {exp_name!r})")
+        if address and is_local_store(uri):
+            say("note: a local sqlite store is only reachable by trials on this machine; on a multi-node "
+                "cluster pass --tracking-uri http://HOST:PORT (an MLflow server)")
+        if finished:
+            say(f"resuming: {len(finished)} runs already FINISHED in MLflow are reused"
+                + (f"; {stale} interrupted runs marked KILLED" if stale else ""))
+
+    invocation = uuid.uuid4().hex[:12]
+    context = {"uri": uri, "experiment_id": tracker.experiment_id, "suite": suite.name,
+               "invocation": invocation, "git_commit": git_commit(), "code_version": CODE_VERSION,
+               "retries": suite.retries, "device": device}
+    started = False
+    try:
+        if not searcher.is_done():  # a finished suite needs no Ray at all
+            started = start_ray(address)
+            progress = Progress(searcher, quiet=quiet)
+            resources = {"cpu": suite.resources.cpu, "gpu": suite.resources.gpu}
+            trainable = tune.with_resources(tune.with_parameters(tune_trainable, context=context), resources)
+            tuner = tune.Tuner(
+                trainable,
+                tune_config=tune.TuneConfig(
+                    search_alg=searcher, num_samples=-1, reuse_actors=True,
+                    max_concurrent_trials=max_concurrent or suite.max_concurrent,
+                    trial_name_creator=lambda t: t.trial_id, trial_dirname_creator=lambda t: t.trial_id,
+                ),
+                run_config=tune.RunConfig(
+                    name=f"{suite.name}-{invocation}", storage_path=str(out / "ray"), verbose=0,
+                    callbacks=[progress], log_to_file=False,
+                    # A crashed worker is retried by Tune; a raised error is retried inside the trial.
+                    failure_config=tune.FailureConfig(max_failures=suite.retries),
+                ),
+            )
+            tuner.fit()
+            progress.finish()
+        # Runs still RUNNING now lost their worker (FAILED), or were stopped by Ctrl-C (KILLED).
+        tracker.close_invocation(suite.name, invocation, status="FAILED" if searcher.is_done() else "KILLED")
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+        if ray_tmp is not None:
+            for key in ("RAY_TMPDIR", "TMPDIR"):  # this process goes on without them
+                if os.environ.get(key) == str(ray_tmp):
+                    del os.environ[key]
+            tempfile.tempdir = None
+            if out not in ray_tmp.parents:
+                shutil.rmtree(ray_tmp, ignore_errors=True)  # a fallback folder outside the run folder
+
+    from bench.sweep_report import comparison
+
+    table = comparison(tracker.frame(suite.name))
+    if not table.empty:
+        table.to_csv(out / "summary.csv", index=False)
+    return SweepOutcome(out=out, tracking_uri=uri, experiment=exp_name, experiment_id=tracker.experiment_id,
+                        counts=searcher.counts, failures=list(searcher.failures),
+                        elapsed=time.monotonic() - t0, table=table, interrupted=not searcher.is_done())

@@ -1,0 +1,349 @@
+"""The sweep as one Ray Tune `Searcher`: search, evaluate and compose, pipelined.
+
+One Tuner runs the whole suite. This searcher hands Tune the next trial spec:
+
+1. search: per searched cell (dataset, attribute, method), an `OptunaSearch`
+   over the method's declared space proposes settings, run on the search seed;
+2. evaluate: once a cell's search has used its budget, its best settings run on
+   every seed (on the search seed the best search run is copied, not retrained);
+   cells that are not searched run at once with their fixed settings;
+3. compose: once a method's and its seed's ERM evaluate runs exist, one trial
+   composes them with every selector strategy.
+
+What MLflow already holds as FINISHED is not run again: earlier search results
+warm-start Optuna (`points_to_evaluate` + `evaluated_rewards`) and only the
+remaining budget is proposed; evaluate and compose keys already FINISHED are
+skipped. That is how a killed sweep resumes exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from ray.tune.search import Searcher
+
+from bench import grid
+from bench.grid import ERM, Cell
+from bench.keys import compose_key, trial_key
+from bench.suite import Suite
+from bench.sweep_trials import WORST_OBJECTIVE, stored_objective
+from bench.tracking import TAG
+
+
+@dataclass
+class StageCount:
+    planned: int = 0
+    done: int = 0
+    skipped: int = 0  # already FINISHED in MLflow before this sweep
+    failed: int = 0
+    blocked: int = 0  # not run because something it needs failed
+    running: int = 0
+
+    @property
+    def pending(self) -> int:
+        return max(self.planned - self.done - self.skipped - self.failed - self.blocked - self.running, 0)
+
+
+@dataclass
+class SearchState:
+    cell: Cell
+    budget: int  # proposals still to make
+    optuna: Any = None
+    running: set = field(default_factory=set)
+    results: list = field(default_factory=list)  # (objective, hparams, run_id, key)
+    failures: int = 0
+    finished: bool = False
+
+
+@dataclass
+class Failure:
+    stage: str
+    what: str
+    error: str
+
+
+def stable_seed(text: str) -> int:
+    return int(hashlib.sha256(text.encode()).hexdigest()[:8], 16)
+
+
+class SweepSearcher(Searcher):
+    """Proposes every trial of a suite, in dependency order, skipping what MLflow already holds."""
+
+    def __init__(self, suite: Suite, finished: dict[tuple[str, str], Any], prior_search: dict[str, list]):
+        """`finished`: {(stage, key): run} already FINISHED; `prior_search`: {cell id: [(hparams, objective,
+        run_id, key)]} of FINISHED search runs (warm start)."""
+        super().__init__(metric="objective", mode="max")
+        self.suite = suite
+        self.finished_runs = {k: run.info.run_id for k, run in finished.items()}
+        self.cells = {c.id: c for c in grid.cells(suite)}
+        self.counts = {stage: StageCount() for stage in ("search", "evaluate", "compose")}
+        self.failures: list[Failure] = []
+        self.queue: deque[dict[str, Any]] = deque()
+        self.live: dict[str, dict[str, Any]] = {}  # trial id -> spec
+        self.searches: dict[str, SearchState] = {}
+        self.best: dict[str, tuple[dict[str, Any], str | None, str | None]] = {}  # cell -> (hparams, run, key)
+        self.eval_runs: dict[tuple[str, int], tuple[str, str]] = {}  # (cell id, seed) -> (run id, key)
+        self.eval_failed: set[tuple[str, int]] = set()
+        self.composed_methods = grid.composed_methods(suite)
+        self.compose_pending = {(c.pair, c.method, s) for c in self.cells.values()
+                                if c.method in self.composed_methods for s in suite.seeds}
+        planned = grid.count_trials(suite)
+        self.counts["evaluate"].planned = planned["evaluate"]
+        self.counts["compose"].planned = len(self.compose_pending)
+        for cell in self.cells.values():
+            if cell.searched:
+                self._start_search(cell, prior_search.get(cell.id, []))
+        for cell in self.cells.values():
+            if not cell.searched and cell.search_from is None:
+                self.best[cell.id] = ({}, None, None)
+                self._enqueue_evaluate(cell)
+        for state in self.searches.values():
+            self._maybe_finish_search(state)
+
+    # ---- Tune's Searcher interface -----------------------------------------------------------
+    def set_search_properties(self, metric, mode, config, **spec) -> bool:
+        return True
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+        # Searches first: they gate evaluations, so running them early leaves no idle slots at the end.
+        spec = self._next_search(trial_id)
+        if spec is None and self.queue:
+            spec = self.queue.popleft()
+        if spec is None:
+            return Searcher.FINISHED if self.is_done() else None
+        self.live[trial_id] = spec
+        self.counts[spec["stage"]].running += 1
+        return {"spec": spec}
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        spec = self.live.pop(trial_id, None)
+        if spec is None:
+            return
+        count = self.counts[spec["stage"]]
+        count.running -= 1
+        failed = error or not result or bool(result.get("failed"))
+        message = (result or {}).get("error") or ("the trial's worker crashed" if error else "no result")
+        if failed:
+            count.failed += 1
+            self.failures.append(Failure(spec["stage"], spec["label"], message))
+        elif result.get("skipped"):
+            count.skipped += 1
+        else:
+            count.done += 1
+        handler = {"search": self._search_done, "evaluate": self._evaluate_done, "compose": lambda *a: None}
+        handler[spec["stage"]](spec, trial_id, None if failed else result)
+
+    def save(self, checkpoint_path: str) -> None:
+        # MLflow is the record a sweep resumes from (see the module docstring); Tune's
+        # periodic searcher snapshot is not needed, so nothing is written.
+        pass
+
+    def restore(self, checkpoint_path: str) -> None:
+        pass
+
+    # ---- progress ----------------------------------------------------------------------------
+    def is_done(self) -> bool:
+        return not self.queue and not self.live and all(s.finished for s in self.searches.values())
+
+    # ---- search --------------------------------------------------------------------------------
+    def _start_search(self, cell: Cell, prior: list) -> None:
+        from ray.tune.search.optuna import OptunaSearch
+
+        from methods import get_method
+        from methods.hparams import search_space
+
+        declared = get_method(cell.method).hparams
+        space = OptunaSearch.convert_search_space(search_space(declared, cell.fixed))
+        # Only results of exactly this search (same fixed settings, seed, objective, code) count.
+        prior = [p for p in prior
+                 if trial_key(grid.trial_config(self.suite, cell, p[0], self.suite.search_seed)) == p[3]]
+        prior = prior[: self.suite.search.trials]
+        points = [{k: declared[k].cast(k, h[k]) for k in space} for h, *_ in prior]
+        rewards = [max(o, WORST_OBJECTIVE) for _, o, *_ in prior]
+        # A resumed search gets a fresh sampler seed: the original seed would first redraw
+        # the settings already tried.
+        searcher = OptunaSearch(space=space, metric="objective", mode="max",
+                                seed=stable_seed(f"{self.suite.name}/{cell.id}/{len(prior)}"),
+                                points_to_evaluate=points or None, evaluated_rewards=rewards or None)
+        state = SearchState(cell=cell, budget=self.suite.search.trials - len(prior), optuna=searcher)
+        state.results = [(o, h, run_id, key) for h, o, run_id, key in prior]
+        self.searches[cell.id] = state
+        self.counts["search"].planned += self.suite.search.trials
+        self.counts["search"].skipped += len(prior)
+
+    def _next_search(self, trial_id: str) -> dict[str, Any] | None:
+        # Round-robin over cells with budget left, so every search progresses.
+        for state in sorted(self.searches.values(), key=lambda s: (len(s.running) + len(s.results), s.cell.id)):
+            if state.budget <= 0:
+                continue
+            spec = self._propose(state, trial_id)
+            if spec is None:
+                continue
+            state.budget -= 1
+            state.running.add(trial_id)
+            return spec
+        return None
+
+    def _propose(self, state: SearchState, trial_id: str, attempts: int = 10) -> dict[str, Any] | None:
+        """Optuna's next settings for a cell, redrawn when they repeat settings already tried (same key)."""
+        known = {key: objective for objective, _, _, key in state.results}
+        running = {self.live[t]["key"] for t in state.running if t in self.live}
+        spec = None
+        for attempt in range(attempts):
+            tid = trial_id if attempt == 0 else f"{trial_id}-redraw{attempt}"
+            hparams = state.optuna.suggest(tid)
+            if hparams is None:
+                return None
+            spec = self._trial_spec("search", state.cell, hparams, self.suite.search_seed)
+            fresh = spec["key"] not in known and spec["key"] not in running
+            # A small discrete space may have nothing new left: the last draw is then run anyway
+            # (a cheap skip when its key is FINISHED).
+            if fresh or attempt == attempts - 1:
+                if tid != trial_id:  # Tune reports under its own id: move Optuna's trial there
+                    state.optuna._ot_trials[trial_id] = state.optuna._ot_trials.pop(tid)
+                return spec
+            # Tell Optuna what these settings gave (or that they are under way) and draw again.
+            if spec["key"] in known:
+                state.optuna.on_trial_complete(tid, {"objective": known[spec["key"]]})
+            else:
+                state.optuna.on_trial_complete(tid, None, error=True)
+        return spec
+
+    def _search_done(self, spec: dict[str, Any], trial_id: str, result: dict | None) -> None:
+        state = self.searches[spec["cell"]]
+        state.running.discard(trial_id)
+        if result is None:
+            state.failures += 1
+            state.optuna.on_trial_complete(trial_id, None, error=True)
+        else:
+            objective = float(result.get("objective", WORST_OBJECTIVE))
+            state.optuna.on_trial_complete(trial_id, {"objective": objective})
+            state.results.append((objective, spec["trial"]["hparams"], result["run_id"], spec["key"]))
+        self._maybe_finish_search(state)
+
+    def _maybe_finish_search(self, state: SearchState) -> None:
+        if state.finished or state.budget > 0 or state.running:
+            return
+        state.finished = True
+        dependants = [c for c in self.cells.values() if c.id == state.cell.id or c.search_from == state.cell.id]
+        if not state.results:
+            for cell in dependants:
+                self._block_evaluate(cell, f"its search ({state.cell.id}) had no successful trial")
+            return
+        # Ties go to the earliest result: deterministic given the same history.
+        objective, hparams, run_id, key = max(state.results, key=lambda r: r[0])
+        for cell in dependants:
+            self.best[cell.id] = (hparams, run_id if cell.id == state.cell.id else None,
+                                  key if cell.id == state.cell.id else None)
+            self._enqueue_evaluate(cell)
+
+    # ---- evaluate ------------------------------------------------------------------------------
+    def _enqueue_evaluate(self, cell: Cell) -> None:
+        hparams, best_run, best_key = self.best[cell.id]
+        for seed in self.suite.seeds:
+            spec = self._trial_spec("evaluate", cell, hparams, seed)
+            done = self.finished_runs.get(("evaluate", spec["key"]))
+            if done:
+                self.counts["evaluate"].skipped += 1
+                self._record_evaluate(cell, seed, done, spec["key"])
+                continue
+            if best_run and spec["key"] == best_key:
+                spec["copy_from"] = best_run
+            self.queue.append(spec)
+
+    def _block_evaluate(self, cell: Cell, reason: str) -> None:
+        for seed in self.suite.seeds:
+            self.counts["evaluate"].blocked += 1
+            self.failures.append(Failure("evaluate", f"{cell.id} s{seed}", f"not run: {reason}"))
+            self._evaluate_failed(cell, seed)
+
+    def _evaluate_done(self, spec: dict[str, Any], trial_id: str, result: dict | None) -> None:
+        cell, seed = self.cells[spec["cell"]], spec["trial"]["seed"]
+        if result is None:
+            self._evaluate_failed(cell, seed)
+        else:
+            self._record_evaluate(cell, seed, result["run_id"], spec["key"])
+
+    def _record_evaluate(self, cell: Cell, seed: int, run_id: str, key: str) -> None:
+        self.eval_runs[(cell.id, seed)] = (run_id, key)
+        self._release_compose(cell.pair, seed)
+
+    def _evaluate_failed(self, cell: Cell, seed: int) -> None:
+        self.eval_failed.add((cell.id, seed))
+        self._release_compose(cell.pair, seed)
+
+    # ---- compose -------------------------------------------------------------------------------
+    def _release_compose(self, pair: tuple[str, str], seed: int) -> None:
+        """Enqueue (or block) every composition of `pair` on `seed` whose two inputs are settled."""
+        erm_id = grid.cell_id(*pair, ERM)
+        for method in self.composed_methods:
+            unit = (pair, method, seed)
+            if unit not in self.compose_pending:
+                continue
+            method_id = grid.cell_id(*pair, method)
+            failed = [c for c in (erm_id, method_id) if (c, seed) in self.eval_failed]
+            if failed:
+                self.compose_pending.discard(unit)
+                self.counts["compose"].blocked += 1
+                self.failures.append(Failure("compose", f"{method_id} s{seed}",
+                                             f"not run: evaluate of {failed[0]} failed"))
+                continue
+            if (erm_id, seed) not in self.eval_runs or (method_id, seed) not in self.eval_runs:
+                continue
+            self.compose_pending.discard(unit)
+            method_run, method_key = self.eval_runs[(method_id, seed)]
+            erm_run, erm_key = self.eval_runs[(erm_id, seed)]
+            candidate = grid.compose_candidate(method)
+            metric = self.suite.selection.metric
+            keys = {s: compose_key(method_key, erm_key, s, metric, candidate) for s in self.suite.selectors}
+            if all(("compose", k) in self.finished_runs for k in keys.values()):
+                self.counts["compose"].skipped += 1
+                continue
+            cell = self.cells[method_id]
+            self.queue.append({
+                "stage": "compose", "cell": method_id, "key": method_key,
+                "name": f"compose {method_id} s{seed}", "label": f"{method_id} s{seed}",
+                "tags": {}, "compose": {"method_run": method_run, "erm_run": erm_run, "strategies": list(keys),
+                                        "keys": keys, "metric": metric, "candidate": candidate,
+                                        "dataset": cell.dataset, "seed": seed},
+            })
+
+    # ---- specs ---------------------------------------------------------------------------------
+    def _trial_spec(self, stage: str, cell: Cell, hparams: dict[str, Any], seed: int) -> dict[str, Any]:
+        from datasets import DATASETS
+
+        cfg = grid.trial_config(self.suite, cell, hparams, seed)
+        target = cell.options.get("target") or DATASETS.get(cell.dataset).default_target
+        return {
+            "stage": stage, "cell": cell.id, "key": trial_key(cfg), "name": f"{stage} {cell.id} s{seed}",
+            "label": f"{cell.id} s{seed}",
+            "trial": asdict(cfg), "copy_from": None,
+            "tags": {"dataset": cell.dataset, "target": target, "attribute": cell.attribute,
+                     "method": cell.method, "seed": seed},
+        }
+
+
+def prior_search_results(runs: list, suite: Suite, code_version: str) -> dict[str, list]:
+    """{cell id: [(hparams, objective, run id, key)]} from FINISHED search runs of this code version."""
+    from methods import get_method
+
+    out: dict[str, list] = {}
+    for run in sorted(runs, key=lambda r: r.info.start_time or 0):
+        tags = run.data.tags
+        if tags.get(f"{TAG}code_version") != code_version:
+            continue
+        cell = tags.get(f"{TAG}cell", "")
+        method = tags.get(f"{TAG}method", "")
+        try:
+            declared = get_method(method).hparams
+        except KeyError:
+            continue
+        hparams = {k: declared[k].cast(k, v) for k, v in run.data.params.items() if k in declared}
+        objective = stored_objective(run.data.metrics)
+        out.setdefault(cell, []).append((hparams, objective if math.isfinite(objective) else WORST_OBJECTIVE,
+                                         run.info.run_id, tags.get(f"{TAG}key", "")))
+    return out

@@ -1,0 +1,207 @@
+"""What one sweep trial does, in plain Python (Ray Tune calls `tune_trainable`; tests may call `execute`).
+
+A trial *spec* (built by `bench.sweep_searcher`) is a JSON-able dict:
+
+    {"stage": "search" | "evaluate" | "compose", "name": ..., "key": ..., "cell": ...,
+     "trial": TrialConfig fields,            # search / evaluate
+     "copy_from": run id or None,            # evaluate on the search seed: copy the best search run
+     "compose": {...}}                       # compose: the two runs and the strategies
+
+Every spec is idempotent: a key already FINISHED in MLflow is reported, not rerun,
+so a trial that a killed driver left behind never yields a second FINISHED run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+import traceback
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+from bench.tracking import TAG, Tracker
+
+# Reported to Optuna for an undefined objective (e.g. worst-group AUC of a one-class group).
+WORST_OBJECTIVE = -1e9
+
+_trackers: dict[tuple[str, str], Tracker] = {}
+
+
+def tracker_for(context: dict[str, Any]) -> Tracker:
+    """One Tracker per worker process (reused across trials with reuse_actors)."""
+    k = (context["uri"], context["experiment_id"])
+    if k not in _trackers:
+        _trackers[k] = Tracker(*k)
+    return _trackers[k]
+
+
+def tune_trainable(config: dict[str, Any], context: dict[str, Any]) -> None:
+    """The Ray Tune function trainable: run the spec, report one result."""
+    from ray import tune
+
+    tune.report(execute(config["spec"], context))
+
+
+def execute(spec: dict[str, Any], context: dict[str, Any]) -> dict[str, Any]:
+    """Run one spec against MLflow; returns {"run_id", "objective", "failed", "skipped", "error"}."""
+    tracker = tracker_for(context)
+    if spec["stage"] == "compose":
+        return run_compose(spec, context, tracker)
+    done = tracker.find_finished(context["suite"], spec["stage"], spec["key"])
+    if done is not None:
+        return {"run_id": done.info.run_id, "objective": stored_objective(done.data.metrics),
+                "failed": 0, "skipped": 1, "error": ""}
+    if spec.get("copy_from"):
+        run_id = tracker.copy(spec["copy_from"], spec["name"], base_tags(spec, context))
+        objective = stored_objective(tracker.get(run_id).data.metrics)
+        return {"run_id": run_id, "objective": objective, "failed": 0, "skipped": 0, "error": ""}
+    return run_training(spec, context, tracker)
+
+
+def base_tags(spec: dict[str, Any], context: dict[str, Any]) -> dict[str, Any]:
+    tags = {f"{TAG}{k}": v for k, v in spec.get("tags", {}).items()}
+    tags.update({f"{TAG}suite": context["suite"], f"{TAG}stage": spec["stage"], f"{TAG}key": spec["key"],
+                 f"{TAG}git_commit": context["git_commit"], f"{TAG}invocation": context["invocation"],
+                 f"{TAG}code_version": context["code_version"], f"{TAG}cell": spec.get("cell", "")})
+    return tags
+
+
+def trial_params(cfg) -> dict[str, Any]:
+    params = {k: v for k, v in cfg.hparams.items()}
+    params.update({f"dataset.{k}": v for k, v in cfg.dataset_options.items()})
+    params.update({"trial.objective": cfg.objective, "trial.precision": cfg.precision,
+                   "trial.min_group_size": cfg.min_group_size})
+    return params
+
+
+def objective_value(metrics: dict[str, float], candidate: str, objective: str) -> float:
+    """The suite's validation objective of `candidate`, higher is better (gaps negated); NaN if undefined."""
+    from bench.objectives import MINIMISED_SUFFIXES, canonical
+
+    key = canonical(objective)
+    value = metrics.get(f"val/{candidate}/{key}", math.nan)
+    value = math.nan if value is None else float(value)
+    return -value if key.endswith(MINIMISED_SUFFIXES) else value
+
+
+def stored_objective(metrics: dict[str, float]) -> float:
+    value = metrics.get("objective", math.nan)
+    return WORST_OBJECTIVE if value is None or not math.isfinite(value) else float(value)
+
+
+def run_training(spec: dict[str, Any], context: dict[str, Any], tracker: Tracker) -> dict[str, Any]:
+    """Train the spec's trial (retrying up to `retries` times) and log it; a final failure ends FAILED."""
+    from bench.trial import TrialConfig, run_trial, save_trial
+    from methods import get_method
+
+    names = {f.name for f in fields(TrialConfig)}
+    cfg = TrialConfig(**{k: v for k, v in spec["trial"].items() if k in names})
+    run_id = tracker.start(spec["name"], base_tags(spec, context), trial_params(cfg))
+    attempts, errors = int(context.get("retries", 0)) + 1, []
+    for attempt in range(1, attempts + 1):
+        history: list[tuple[int, dict[str, float]]] = []
+        try:
+            result = run_trial(cfg, device=context.get("device", "auto"),
+                               on_epoch=lambda epoch, values: history.append((epoch, dict(values))))
+            break
+        except Exception as exc:  # any failure of the method is recorded, the sweep goes on
+            errors.append((f"attempt {attempt} of {attempts}:\n{traceback.format_exc()}", one_line(exc)))
+    else:
+        tracker.fail(run_id, "\n".join(tb for tb, _ in errors), errors[-1][1])
+        return {"run_id": run_id, "objective": WORST_OBJECTIVE, "failed": 1, "skipped": 0, "error": errors[-1][1]}
+
+    candidate = get_method(cfg.method).candidates[0]
+    objective = objective_value(result.metrics, candidate, cfg.objective)
+    try:
+        tracker.set_tags(run_id, {f"{TAG}candidates": ",".join(result.candidates),
+                                  f"{TAG}groups": json.dumps(list(result.group_names)),
+                                  f"{TAG}attempts": len(errors) + 1})
+        tracker.log_metrics(run_id, {**result.metrics, **{f"cost/{k}": v for k, v in result.cost.items()},
+                                     "objective": objective})
+        tracker.log_history(run_id, [(e, {f"epoch/{k.replace('/', '_')}": v for k, v in vals.items()})
+                                     for e, vals in history])
+        with tempfile.TemporaryDirectory(prefix="noharm-trial-") as tmp:
+            folder = save_trial(result, Path(tmp) / "trial")
+            tracker.log_dir(run_id, folder)
+    except Exception as exc:  # storing failed (disk, server): a FAILED run, never a half-logged FINISHED one
+        tracker.fail(run_id, traceback.format_exc(), f"storing the results failed: {one_line(exc)}")
+        return {"run_id": run_id, "objective": WORST_OBJECTIVE, "failed": 1, "skipped": 0,
+                "error": f"storing the results failed: {one_line(exc)}"}
+    tracker.finish(run_id)
+    finite = objective if math.isfinite(objective) else WORST_OBJECTIVE
+    return {"run_id": run_id, "objective": finite, "failed": 0, "skipped": 0, "error": ""}
+
+
+def one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+def run_compose(spec: dict[str, Any], context: dict[str, Any], tracker: Tracker) -> dict[str, Any]:
+    """Compose a method's evaluate run with its seed's ERM run: one MLflow run per strategy."""
+    c = spec["compose"]
+    todo = {s: k for s, k in c["keys"].items()
+            if tracker.find_finished(context["suite"], "compose", k) is None}
+    if not todo:
+        return {"run_id": "", "objective": 0.0, "failed": 0, "skipped": 1, "error": ""}
+    method_run = tracker.get(c["method_run"])
+    tags_from_method = {k: v for k, v in method_run.data.tags.items()
+                        if k.startswith(TAG) and k.split(".", 1)[1] in ("dataset", "target", "attribute", "method",
+                                                                        "seed", "groups")}
+    error, tb = "", ""
+    try:
+        composed, report, names = compose_predictions(tracker, c)
+    except Exception as exc:
+        error, tb = one_line(exc), traceback.format_exc()
+    failed = 0
+    for strategy, key in todo.items():
+        tags = {**tags_from_method, **base_tags({**spec, "key": key}, context),
+                f"{TAG}strategy": strategy, f"{TAG}composed_from": f"{c['method_run']},{c['erm_run']}"}
+        params = {**method_run.data.params, "selection.metric": c["metric"], "selection.candidate": c["candidate"],
+                  "selection.strategy": strategy}
+        run_id = tracker.start(f"{spec['name']} {strategy}", tags, params)
+        if error:
+            tracker.fail(run_id, tb, error)
+            failed += 1
+            continue
+        log_composition(tracker, run_id, composed, report[strategy], strategy, c["candidate"], names)
+    return {"run_id": "", "objective": 0.0, "failed": int(failed > 0), "skipped": 0, "error": error}
+
+
+def compose_predictions(tracker: Tracker, c: dict[str, Any]):
+    """Download both predictions tables and compose them with every strategy (no retraining)."""
+    from analysis import predictions as P
+    from bench.compose import compose
+
+    method_preds = tracker.load_predictions(c["method_run"])
+    erm_preds = tracker.load_predictions(c["erm_run"])
+    composed, report = compose(method_preds, erm_preds, c["strategies"], metric=c["metric"], candidate=c["candidate"])
+    return composed, report, P.group_names(composed)
+
+
+def log_composition(tracker: Tracker, run_id: str, composed, report: dict[str, Any], strategy: str,
+                    candidate: str, names: list[str]) -> None:
+    """One strategy's run: its selected candidate next to the method's candidate and ERM."""
+    from analysis import predictions as P
+    from bench.compose import ERM_CANDIDATE, selected_name
+    from bench.trial import score_predictions
+
+    keep = [candidate, ERM_CANDIDATE, selected_name(strategy)]
+    cols = list(P.KEY_COLUMNS) + [col for cand in keep for col in composed.columns
+                                  if col.startswith(f"{P.PROBA_PREFIX}{cand}/")]
+    table = composed[cols]
+    metrics = score_predictions(table, names)
+    metrics.update({f"selection/use_expert/group:{g}": float(report["use_expert"][g]) for g in names})
+    metrics.update({"selection/n_experts": report["n_experts"],
+                    "selection/val_gap": report["val_gap"], "selection/val_utility": report["val_utility"]})
+    tracker.set_tags(run_id, {f"{TAG}candidates": ",".join(keep), f"{TAG}groups": json.dumps(names),
+                              f"{TAG}selection_status": report["status"]})
+    tracker.log_metrics(run_id, metrics)
+    with tempfile.TemporaryDirectory(prefix="noharm-compose-") as tmp:
+        table.to_parquet(Path(tmp) / "predictions.parquet", index=False)
+        (Path(tmp) / "selection.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+        tracker.log_dir(run_id, tmp)
+    tracker.finish(run_id)
+

@@ -1,0 +1,350 @@
+"""The only module that talks to MLflow.
+
+Layout of a sweep in MLflow (docs/sweeps.md documents it for readers):
+
+- one experiment per suite run (default name: the suite's name);
+- one run per trial, tagged `noharm.suite`, `noharm.stage` (search / evaluate /
+  compose), `noharm.dataset`, `noharm.target`, `noharm.attribute`,
+  `noharm.method`, `noharm.seed`, `noharm.key`, `noharm.git_commit`,
+  `noharm.candidates` (comma-separated), `noharm.groups` (JSON list of group
+  names in id order), and for compositions `noharm.composed_from`
+  (`<method run id>,<ERM run id>`) and `noharm.strategy`;
+- params: every resolved hyperparameter under its own name, dataset options as
+  `dataset.<option>`, and `trial.objective`, `trial.precision`,
+  `trial.min_group_size`;
+- metrics: every key of `TrialResult.metrics` (`{split}/{candidate}/{metric}`),
+  `cost/<name>`, `objective` (the suite's validation objective, higher is
+  better), and per epoch `epoch/train_loss`, `epoch/val_objective` (step = epoch);
+  names pass through `metric_name` (each character MLflow forbids becomes `_`);
+- artifacts: `predictions.parquet`, `model.pt`, `config.json`, `metrics.json`
+  (compositions: `predictions.parquet`, `selection.json`); a failed trial ends
+  FAILED with `traceback.txt`.
+
+Every method here uses an explicit `MlflowClient` (never the fluent API's global
+state), so trials running in Ray workers never inherit an experiment id by accident.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import pandas as pd
+
+TAG = "noharm."
+STAGES = ("search", "evaluate", "compose")
+_FORBIDDEN = re.compile(r"[^\w.\- :/]")
+
+
+def metric_name(name: str) -> str:
+    """`name` made acceptable to MLflow: every character outside letters, digits, `_ - . : /` and
+    space becomes `_`, and path segments that MLflow would normalise away (`.`, `..`, empty) too."""
+    clean = _FORBIDDEN.sub("_", name)
+    parts = clean.split("/")
+    parts = ["_" if p in ("", ".", "..") else p for p in parts]
+    return "/".join(parts)
+
+
+def default_uri(out: str | os.PathLike) -> str:
+    """The local store of a sweep: an SQLite database inside the output folder."""
+    return f"sqlite:///{Path(out).absolute() / 'mlflow.db'}"
+
+
+def is_local_store(uri: str) -> bool:
+    return uri.startswith("sqlite:")
+
+
+def git_commit() -> str:
+    """The source tree's commit (with `+dirty` when it has uncommitted changes), or `unknown`."""
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return commit + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _chunks(items: list, size: int) -> Iterator[list]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+class Tracker:
+    """One experiment of one tracking store, through an explicit MlflowClient."""
+
+    def __init__(self, uri: str, experiment_id: str):
+        from mlflow.tracking import MlflowClient
+
+        self.uri = uri
+        self.experiment_id = experiment_id
+        self.client = MlflowClient(tracking_uri=uri)
+
+    # ---- driver side ------------------------------------------------------------------------
+    @classmethod
+    def open(cls, uri: str, experiment: str, artifact_location: str | None = None) -> "Tracker":
+        """Connect, creating the store's tables and the experiment when missing (driver only, before trials).
+
+        Trials racing to create tables would fail, so the driver does it first.
+        """
+        from mlflow.exceptions import MlflowException
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri=uri)
+        try:
+            exp = client.get_experiment_by_name(experiment)
+            if exp is None:
+                exp_id = client.create_experiment(experiment, artifact_location=artifact_location)
+            elif exp.lifecycle_stage == "deleted":
+                client.restore_experiment(exp.experiment_id)
+                exp_id = exp.experiment_id
+            else:
+                exp_id = exp.experiment_id
+        except MlflowException as exc:
+            from bench.errors import ConfigError
+
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ConfigError(f"cannot use MLflow tracking store {uri!r}: {first}") from None
+        return cls(uri, exp_id)
+
+    def runs(self, suite: str | None = None, stage: str | None = None, status: str | None = None,
+             key: str | None = None, extra: str | None = None) -> list:
+        """Runs of this experiment matching the given tags (all pages)."""
+        from mlflow.entities import ViewType
+
+        clauses = []
+        if suite is not None:
+            clauses.append(f"tags.`{TAG}suite` = '{suite}'")
+        if stage is not None:
+            clauses.append(f"tags.`{TAG}stage` = '{stage}'")
+        if key is not None:
+            clauses.append(f"tags.`{TAG}key` = '{key}'")
+        if status is not None:
+            clauses.append(f"attributes.status = '{status}'")
+        if extra:
+            clauses.append(extra)
+        out, token = [], None
+        while True:
+            page = self.client.search_runs([self.experiment_id], filter_string=" and ".join(clauses),
+                                           run_view_type=ViewType.ACTIVE_ONLY, max_results=1000, page_token=token)
+            out.extend(page)
+            token = page.token
+            if not token:
+                return out
+
+    def finished_index(self, suite: str) -> dict[tuple[str, str], Any]:
+        """{(stage, key): run} of every FINISHED run of the suite (oldest wins if a key repeats)."""
+        index: dict[tuple[str, str], Any] = {}
+        for run in sorted(self.runs(suite=suite, status="FINISHED"), key=lambda r: r.info.start_time or 0):
+            tags = run.data.tags
+            index.setdefault((tags.get(f"{TAG}stage", ""), tags.get(f"{TAG}key", "")), run)
+        return index
+
+    def close_stale(self, suite: str, status: str = "KILLED") -> int:
+        """End the suite's runs left RUNNING by an interrupted driver; returns how many.
+
+        Only safe when no other driver is running the same suite at the same time.
+        """
+        stale = self.runs(suite=suite, status="RUNNING")
+        for run in stale:
+            self.client.set_tag(run.info.run_id, f"{TAG}ended_by", "a later sweep (interrupted run)")
+            self.client.set_terminated(run.info.run_id, status)
+        return len(stale)
+
+    def close_invocation(self, suite: str, invocation: str, status: str = "FAILED") -> int:
+        """End runs of one driver invocation still RUNNING after the sweep (their worker died)."""
+        stale = self.runs(suite=suite, status="RUNNING", extra=f"tags.`{TAG}invocation` = '{invocation}'")
+        for run in stale:
+            self.client.set_tag(run.info.run_id, f"{TAG}error", "the trial's worker process died")
+            self.client.set_terminated(run.info.run_id, status)
+        return len(stale)
+
+    # ---- trial side -------------------------------------------------------------------------
+    def find_finished(self, suite: str, stage: str, key: str):
+        """The FINISHED run of (suite, stage, key), or None."""
+        runs = self.runs(suite=suite, stage=stage, status="FINISHED", key=key)
+        return min(runs, key=lambda r: r.info.start_time or 0) if runs else None
+
+    def start(self, name: str, tags: dict[str, Any], params: dict[str, Any] | None = None) -> str:
+        """Create a RUNNING run with tags and params; returns its id."""
+        from mlflow.entities import Param
+
+        run = self.client.create_run(self.experiment_id, run_name=name,
+                                     tags={k: str(v) for k, v in tags.items()})
+        run_id = run.info.run_id
+        items = [Param(k, str(v)[:6000]) for k, v in (params or {}).items()]
+        for chunk in _chunks(items, 100):
+            self.client.log_batch(run_id, params=chunk)
+        return run_id
+
+    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
+        """Log many metrics in few calls; names go through `metric_name`; None becomes NaN."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(metric_name(k), float("nan") if v is None else float(v), now, step) for k, v in metrics.items()]
+        for chunk in _chunks(items, 1000):
+            self.client.log_batch(run_id, metrics=chunk)
+
+    def log_history(self, run_id: str, history: Iterable[tuple[int, dict[str, float]]]) -> None:
+        """Per-epoch curves: {name: value} per step."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(metric_name(k), float(v), now, int(step)) for step, values in history for k, v in values.items()
+                 if v is not None and not (isinstance(v, float) and math.isnan(v))]
+        for chunk in _chunks(items, 1000):
+            self.client.log_batch(run_id, metrics=chunk)
+
+    def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        items = [RunTag(k, str(v)) for k, v in tags.items()]
+        for chunk in _chunks(items, 100):
+            self.client.log_batch(run_id, tags=chunk)
+
+    def log_dir(self, run_id: str, folder: str | os.PathLike) -> None:
+        self.client.log_artifacts(run_id, str(folder))
+
+    def log_text(self, run_id: str, text: str, name: str) -> None:
+        self.client.log_text(run_id, text, name)
+
+    def fail(self, run_id: str, traceback_text: str, error: str) -> None:
+        """End a run FAILED with its traceback as `traceback.txt` and the error's last line as a tag."""
+        self.client.log_text(run_id, traceback_text, "traceback.txt")
+        self.client.set_tag(run_id, f"{TAG}error", error[:5000])
+        self.client.set_terminated(run_id, "FAILED")
+
+    def finish(self, run_id: str) -> bool:
+        """End a run FINISHED unless something else ended it meanwhile (a later sweep marked it KILLED)."""
+        if self.client.get_run(run_id).info.status != "RUNNING":
+            return False
+        self.client.set_terminated(run_id, "FINISHED")
+        return True
+
+    def kill(self, run_id: str) -> None:
+        self.client.set_terminated(run_id, "KILLED")
+
+    def get(self, run_id: str):
+        return self.client.get_run(run_id)
+
+    def copy(self, src_run_id: str, name: str, tags: dict[str, Any]) -> str:
+        """A new FINISHED run holding another run's params, metrics and artifacts, with new tags.
+
+        The seed the search ran on needs no retraining: its evaluate run is a copy
+        of the best search run (tag `noharm.copied_from`).
+        """
+        src = self.client.get_run(src_run_id)
+        merged = {**src.data.tags, **tags, f"{TAG}copied_from": src_run_id}
+        merged = {k: v for k, v in merged.items() if not k.startswith("mlflow.")}
+        run_id = self.start(name, merged, src.data.params)
+        try:
+            curves = [k for k in src.data.metrics if k.startswith("epoch/")]
+            self.log_metrics(run_id, {k: v for k, v in src.data.metrics.items() if k not in curves})
+            from mlflow.entities import Metric
+
+            for k in curves:
+                hist = self.client.get_metric_history(src_run_id, k)
+                items = [Metric(k, m.value, m.timestamp, m.step) for m in hist]
+                for chunk in _chunks(items, 1000):
+                    self.client.log_batch(run_id, metrics=chunk)
+            with tempfile.TemporaryDirectory(prefix="noharm-copy-") as tmp:
+                local = self.client.download_artifacts(src_run_id, "", tmp)
+                if any(Path(local).iterdir()):
+                    self.client.log_artifacts(run_id, local)
+        except BaseException:
+            self.client.set_terminated(run_id, "FAILED")
+            raise
+        self.finish(run_id)
+        return run_id
+
+    def download(self, run_id: str, name: str, dst: str | os.PathLike) -> Path:
+        """One artifact of a run into `dst`; returns its local path."""
+        return Path(self.client.download_artifacts(run_id, name, str(dst)))
+
+    def load_predictions(self, run_id: str) -> pd.DataFrame:
+        """The predictions table stored with a run."""
+        with tempfile.TemporaryDirectory(prefix="noharm-preds-") as tmp:
+            return pd.read_parquet(self.download(run_id, "predictions.parquet", tmp))
+
+    # ---- reading a finished sweep ------------------------------------------------------------
+    def frame(self, suite: str, stages: Iterable[str] = ("evaluate", "compose")) -> pd.DataFrame:
+        """One row per FINISHED run of the given stages: run_id, the noharm.* tags, and every metric."""
+        rows = []
+        for stage in stages:
+            for run in self.runs(suite=suite, stage=stage, status="FINISHED"):
+                tags = {k.removeprefix(TAG): v for k, v in run.data.tags.items() if k.startswith(TAG)}
+                rows.append({"run_id": run.info.run_id, **tags, **run.data.metrics})
+        return pd.DataFrame(rows)
+
+
+
+# --- stress support ---
+# Small helpers for `bench.stress` (distribution-shift stress tests of finished runs).
+
+
+def open_existing(experiment: str, tracking_uri: str | None = None) -> Tracker:
+    """A Tracker on an experiment that must already exist (ConfigError otherwise); default URI: MLflow's own."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from bench.errors import ConfigError
+
+    uri = tracking_uri or mlflow.get_tracking_uri()
+    try:
+        exp = MlflowClient(tracking_uri=uri).get_experiment_by_name(experiment)
+    except MlflowException as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"cannot use MLflow tracking store {uri!r}: {first}") from None
+    if exp is None or exp.lifecycle_stage == "deleted":
+        raise ConfigError(f"no MLflow experiment {experiment!r} in {uri!r}; run a sweep first or check --tracking-uri")
+    return Tracker(uri, exp.experiment_id)
+
+
+def finished_runs(tracker: Tracker, stage: str) -> list[dict[str, Any]]:
+    """Every FINISHED run of one stage in the tracker's experiment: {"run_id", "tags", "params"}, oldest first."""
+    runs = sorted(tracker.runs(stage=stage, status="FINISHED"), key=lambda r: r.info.start_time or 0)
+    return [{"run_id": r.info.run_id, "tags": dict(r.data.tags), "params": dict(r.data.params)} for r in runs]
+
+
+def download_artifacts(tracker: Tracker, run_id: str, dst: str | os.PathLike, names: Iterable[str],
+                       required: Iterable[str] = ("predictions.parquet",)) -> Path:
+    """Download the named top-level artifacts of a run into `dst` (absent optional ones skipped); returns `dst`."""
+    from bench.errors import ConfigError
+
+    dst = Path(dst)
+    dst.mkdir(parents=True, exist_ok=True)
+    present = {a.path for a in tracker.client.list_artifacts(run_id)}
+    missing = [n for n in required if n not in present]
+    if missing:
+        raise ConfigError(f"MLflow run {run_id} lacks artifact(s) {', '.join(missing)}")
+    for name in names:
+        if name in present:
+            tracker.download(run_id, name, dst)
+    return dst
+
+
+def log_finished_run(tracker: Tracker, name: str, tags: dict[str, Any], params: dict[str, Any],
+                     metrics: dict[str, float], folder: str | os.PathLike | None = None,
+                     history: Iterable[tuple[int, dict[str, float]]] = ()) -> str:
+    """One complete run: tags, params, metrics (plus per-step `history`), the files of `folder`; ends FINISHED."""
+    run_id = tracker.start(name, tags, params)
+    try:
+        tracker.log_metrics(run_id, metrics)
+        tracker.log_history(run_id, history)
+        if folder is not None:
+            tracker.log_dir(run_id, folder)
+    except BaseException:
+        tracker.client.set_terminated(run_id, "FAILED")
+        raise
+    tracker.finish(run_id)
+    return run_id
