@@ -6,6 +6,10 @@ from importlib import resources
 from pathlib import Path
 
 
+STRESS_METHODS = ("fairsde",)
+STRESS_REPEATS = 100
+
+
 def default_suite_path() -> Path:
     """The shipped default suite (package data, so it is found from any working folder)."""
     return Path(str(resources.files("bench") / "suites" / "default.yaml"))
@@ -19,4 +23,17 @@ def run_main_job(out: str = "results", suite: str | None = None, max_concurrent:
     from bench.suite import load_suite
 
     loaded = load_suite(suite or default_suite_path())
-    return run_and_report(loaded, out, tracking_uri=tracking_uri, max_concurrent=max_concurrent)
+    code = run_and_report(loaded, out, tracking_uri=tracking_uri, max_concurrent=max_concurrent)
+    if code not in (0, 1):  # interrupted or bad input: nothing more to add
+        return code
+    from bench.stress import run_stress_for_experiment
+    from bench.tracking import default_uri
+
+    # The same store and experiment the sweep used (bench.sweep.run_suite's rule).
+    uri = tracking_uri or loaded.tracking.uri or default_uri(Path(out).absolute())
+    experiment = loaded.tracking.experiment or loaded.name
+    # A small stress pass: FairSDE's selection under shift, 100 repeats per severity.
+    print("
+stress pass (FairSDE against ERM, 100 repeats per severity) ...")
+    run_stress_for_experiment(experiment, uri, None, repeats=STRESS_REPEATS, methods=STRESS_METHODS, log=lambda m: None)
+    return code

@@ -19,7 +19,7 @@ import os
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable
+from typing import Sequence, Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -272,7 +272,7 @@ def write_outcome(outcome: StressOutcome, out: str | os.PathLike) -> list[Path]:
 def run_stress_for_experiment(experiment: str, tracking_uri: str | None = None, suite_path: str | None = None,
                               repeats: int | None = None, log: Callable[[str], None] = print,
                               cache_dir: str | os.PathLike | None = None, tolerance: float | None = None,
-                              ) -> pd.DataFrame:
+                              methods: Sequence[str] | None = None) -> pd.DataFrame:
     """Stress every finished evaluate run of an MLflow experiment against its ERM run; log the results there.
 
     Pairs each finished non-ERM `noharm.stage=evaluate` run with the finished
@@ -287,7 +287,7 @@ def run_stress_for_experiment(experiment: str, tracking_uri: str | None = None, 
     and one run with scenario `blind-routing` holding `blind.parquet` when the
     run could be routed blind. A (run, scenario) already logged with the same
     suite settings is not redone. Returns the tidy rows computed by this call.
-    `repeats` and `tolerance` override the suite's (e.g. a small pass at the end
+    `methods` limits the pass to runs of those methods. `repeats` and `tolerance` override the suite's (e.g. a small pass at the end
     of `make bench`: `run_stress_for_experiment(name, uri, None, repeats=100)`).
     """
     import tempfile
@@ -309,7 +309,7 @@ def run_stress_for_experiment(experiment: str, tracking_uri: str | None = None, 
         tags = run["tags"]
         what = (f"{tags.get('noharm.method')} on {tags.get('noharm.dataset')} ({tags.get('noharm.attribute')}), "
                 f"seed {tags.get('noharm.seed')}, run {run['run_id']}")
-        if tags.get(f"{tracking.TAG}method") == "erm":
+        if tags.get(f"{tracking.TAG}method") == "erm" or (methods and tags.get(f"{tracking.TAG}method") not in methods):
             continue
         partner = erm.get(_pair_key(run))
         if partner is None:

@@ -6,7 +6,7 @@ hyperparameters, objective, selectors). Every mistake found becomes one line
 naming the file and the field; all of them are raised together as one
 `ConfigError`, which the CLI prints and exits 2 on.
 
-The format (docs/sweeps.md has the long version)::
+The format (the README section "Suite files" has the long version)::
 
     name: default
     datasets:

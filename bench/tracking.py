@@ -1,6 +1,6 @@
 """The only module that talks to MLflow.
 
-Layout of a sweep in MLflow (docs/sweeps.md documents it for readers):
+Layout of a sweep in MLflow (README.md, "What a sweep leaves in MLflow" documents it for readers):
 
 - one experiment per suite run (default name: the suite's name);
 - one run per trial, tagged `noharm.suite`, `noharm.stage` (search / evaluate /

@@ -18,7 +18,7 @@ def add_parser(sub) -> None:
                     "MLflow already holds as FINISHED, so a killed sweep resumes. Exit 0 when every trial finished, "
                     "1 when some failed (summary printed), 2 on bad input.",
     )
-    p.add_argument("suite", metavar="SUITE.yaml", help="suite file (see bench/suites/ and docs/sweeps.md)")
+    p.add_argument("suite", metavar="SUITE.yaml", help="suite file (see bench/suites/ and the README)")
     p.add_argument("--out", help="output folder: local MLflow store, artifacts, Ray files (default runs/<suite name>)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI, e.g. http://host:5000 (default sqlite in --out)")
     p.add_argument("--experiment", help="MLflow experiment name (default: the suite's name)")
