@@ -33,7 +33,6 @@ def run_main_job(out: str = "results", suite: str | None = None, max_concurrent:
     uri = tracking_uri or loaded.tracking.uri or default_uri(Path(out).absolute())
     experiment = loaded.tracking.experiment or loaded.name
     # A small stress pass: FairSDE's selection under shift, 100 repeats per severity.
-    print("
-stress pass (FairSDE against ERM, 100 repeats per severity) ...")
+    print("\nstress pass (FairSDE against ERM, 100 repeats per severity) ...")
     run_stress_for_experiment(experiment, uri, None, repeats=STRESS_REPEATS, methods=STRESS_METHODS, log=lambda m: None)
     return code
