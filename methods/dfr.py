@@ -34,7 +34,7 @@ from methods.base import FitContext, Predictor, TaskData
 from methods.batches import Batch
 from methods.hparams import Bool, Int, LogFloat
 from methods.sampling import BALANCE_HPARAM, cell_ids
-from methods.training import TRAINING_HPARAMS, TorchMethod, TorchPredictor, autocast, train
+from methods.training import TRAINING_HPARAMS, TorchMethod, TorchPredictor, train
 
 # The paper's grid of inverse L1 strengths.
 C_GRID = (1.0, 0.7, 0.3, 0.1, 0.07, 0.03, 0.01)
@@ -115,15 +115,9 @@ class DFR(TorchMethod):
         self.retrain_last_layer(predictor, task, ctx)
         return predictor
 
-    @torch.inference_mode()
     def features(self, predictor: TorchPredictor, rows: np.ndarray) -> np.ndarray:
         """Frozen backbone features of `rows` (eval mode: BatchNorm statistics stay as trained)."""
-        model = predictor.model.eval()
-        out = []
-        for batch in predictor.source.iterate(rows, predictor.ctx.eval_batch_size):
-            with autocast(predictor.ctx):
-                out.append(model.backbone(batch.x).float().cpu().numpy())
-        return np.concatenate(out) if out else np.zeros((0, model.backbone.out_dim), np.float32)
+        return predictor.map_rows(lambda model, batch: model.backbone(batch.x), rows, predictor.model.backbone.out_dim)
 
     def retrain_last_layer(self, predictor: TorchPredictor, task: TaskData, ctx: FitContext) -> None:
         """Stage 2: fit `last` on balanced draws from the first half of validation; only `last` changes."""

@@ -37,7 +37,7 @@ from methods import register_method
 from methods.base import FitContext, Predictor, TaskData
 from methods.batches import Batch
 from methods.hparams import Choice, Float, HparamError, Int
-from methods.training import TRAINING_HPARAMS, Classifier, TorchMethod, TorchPredictor, autocast, train
+from methods.training import TRAINING_HPARAMS, Classifier, TorchMethod, TorchPredictor, train
 
 OBJECTIVES = ("acc", "bal_acc")
 CONSTRAINTS = ("none", "dp", "eopp")
@@ -229,15 +229,9 @@ class GroupThreshold(TorchMethod):
             predictor.model.offsets.copy_(torch.as_tensor(self.offsets, dtype=torch.float32))
         return predictor
 
-    @torch.inference_mode()
     def raw_logits(self, predictor: TorchPredictor, rows: np.ndarray) -> np.ndarray:
         """The unshifted model's logits of `rows` (exact, not recovered from clipped probabilities)."""
-        model = predictor.model.eval()
-        parts = []
-        for batch in predictor.source.iterate(rows, predictor.ctx.eval_batch_size):
-            with autocast(predictor.ctx):
-                parts.append(model(batch.x).float().cpu().numpy())
-        return np.concatenate(parts).astype(np.float64)
+        return predictor.map_rows(lambda model, batch: model(batch.x), rows, 0).astype(np.float64)
 
     def choose_offsets(self, logits: np.ndarray, y: np.ndarray, group: np.ndarray, n_groups: int) -> np.ndarray:
         """Per-group logit offsets [G, C] realising the chosen rule (validation logits, labels and groups in)."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import time
 from contextlib import nullcontext
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -136,6 +136,16 @@ class TorchPredictor(Predictor):
                 parts[c].append(torch.softmax(logits[c].float(), dim=1).cpu().numpy())
         c_dim = task.num_classes
         return {c: (np.concatenate(v) if v else np.zeros((0, c_dim), np.float32)) for c, v in parts.items()}
+
+    @torch.inference_mode()
+    def map_rows(self, fn: Callable[[nn.Module, Batch], torch.Tensor], rows: np.ndarray, width: int) -> np.ndarray:
+        """float32 [len(rows), width]: `fn(model, batch)` over `rows` in eval mode, batched, concatenated."""
+        self.model.eval()
+        parts = []
+        for batch in self.source.iterate(np.asarray(rows), self.ctx.eval_batch_size):
+            with autocast(self.ctx):
+                parts.append(fn(self.model, batch).float().cpu().numpy())
+        return np.concatenate(parts) if parts else np.zeros((0, width), np.float32)
 
     def state_dict(self) -> dict[str, Any]:
         return {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
