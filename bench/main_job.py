@@ -35,4 +35,10 @@ def run_main_job(out: str = "results", suite: str | None = None, max_concurrent:
     # A small stress pass: FairSDE's selection under shift, 100 repeats per severity.
     print("\nstress pass (FairSDE against ERM, 100 repeats per severity) ...")
     run_stress_for_experiment(experiment, uri, None, repeats=STRESS_REPEATS, methods=STRESS_METHODS, log=lambda m: None)
+
+    from analysis.report import write_report
+
+    report = write_report(experiment, uri, Path(out) / "report")
+    print(f"report: tables, plots and leaderboard in {report.out} (start at {report.out / 'README.md'}, "
+          f"leaderboard {report.out / 'leaderboard.html'})")
     return code

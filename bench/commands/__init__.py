@@ -3,4 +3,4 @@
 A new subcommand is a new module here plus its name in `COMMANDS`.
 """
 
-COMMANDS = ("trial", "datasets", "methods", "bench", "stress", "run")
+COMMANDS = ("trial", "datasets", "methods", "bench", "stress", "run", "report")

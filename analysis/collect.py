@@ -1,0 +1,326 @@
+"""MLflow -> one tidy DataFrame, through MLflow's own search API (`MlflowClient.search_runs`).
+
+Reads what a sweep leaves in an experiment (README.md, "What a sweep leaves in MLflow"): runs tagged
+`noharm.stage` (search / evaluate / compose / stress), `noharm.dataset`,
+`noharm.attribute`, `noharm.method`, `noharm.seed`, `noharm.candidates`,
+`noharm.groups`, ... and metrics `{split}/{candidate}/{metric}`. Only FINISHED
+evaluate and compose runs feed the tables (search runs never do); FAILED runs are
+counted, not read. Stress runs contribute the rows of their `stress.parquet`.
+
+The tidy table has one row per number: run, stage, dataset, target, attribute,
+method, strategy, candidate, entry, primary, seed, split, group, metric, value,
+where split is val / test (trial metrics), cost (`cost/*`, candidate "") or
+selection (`selection/*` of compose runs), and group is "overall", a group name,
+"worst" or "gap".
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+from urllib.parse import unquote, urlparse
+
+import pandas as pd
+
+TAG = "noharm."
+TABLE_STAGES = ("evaluate", "compose")
+SPLITS = ("val", "test")
+SELECTED_PREFIX = "selected:"
+TIDY_COLUMNS = ("run", "stage", "dataset", "target", "attribute", "method", "strategy", "candidate", "entry",
+                "primary", "seed", "split", "group", "metric", "value")
+RUN_COLUMNS = ("run", "status", "stage", "dataset", "target", "attribute", "method", "strategy", "seed",
+               "candidates", "groups", "scenario", "git_commit", "start_time")
+# Columns every stress.parquet must hold (the interface agreed with the stress runner).
+STRESS_COLUMNS = ("dataset", "attribute", "method", "seed", "scenario", "severity", "strategy", "harm_rate",
+                  "max_harm", "gap", "worst_group", "changed_rate", "repeats")
+STRESS_ARTIFACT = "stress.parquet"
+# MLflow accepts letters, digits, `_ - . : /` and spaces in metric names; the sweep turns anything else into `_`.
+_FORBIDDEN = re.compile(r"[^\w.\- :/]")
+
+
+class AnalysisError(ValueError):
+    """Bad input to the analysis (missing store or experiment, malformed artifacts): one line saying what to do."""
+
+
+def metric_fragment(name: str) -> str:
+    """`name` as it appears inside an MLflow metric name written by the sweep (forbidden characters -> `_`)."""
+    clean = _FORBIDDEN.sub("_", name)
+    return "/".join("_" if p in ("", ".", "..") else p for p in clean.split("/"))
+
+
+@dataclass
+class Collection:
+    """Everything the report needs from one experiment."""
+
+    experiment: str
+    experiment_id: str
+    tracking_uri: str
+    tidy: pd.DataFrame
+    runs: pd.DataFrame  # one row per run of every stage and status (RUN_COLUMNS)
+    stress: pd.DataFrame  # the rows of every stress run's stress.parquet, plus `run`
+    notes: list[str] = field(default_factory=list)
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a `sqlite:///` URI (None for other stores or in-memory databases)."""
+    if not uri.startswith("sqlite:"):
+        return None
+    path = unquote(urlparse(uri).path)
+    if uri.startswith("sqlite:////"):
+        path = "/" + path.lstrip("/")
+    elif uri.startswith("sqlite:///"):
+        path = path[1:] if path.startswith("/") else path
+    return Path(path) if path and path != ":memory:" else None
+
+
+def is_local(uri: str) -> bool:
+    """True for stores without a web server of their own (sqlite, file paths)."""
+    return not uri.startswith(("http://", "https://", "databricks"))
+
+
+def run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str:
+    """The MLflow UI address of a run: the tracking server's for http(s) stores, else `mlflow ui`'s default."""
+    base = tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def open_experiment(experiment: str, tracking_uri: str):
+    """(MlflowClient, Experiment) for an existing experiment; AnalysisError with what to do otherwise."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    db = sqlite_path(tracking_uri)
+    if db is not None and not db.is_file():
+        # MLflow would silently create an empty database here; a report of nothing helps nobody.
+        raise AnalysisError(f"no MLflow store at {db} (from --tracking-uri {tracking_uri!r}); "
+                            "point it at the sweep's mlflow.db, e.g. sqlite:///$PWD/results/mlflow.db")
+    client = MlflowClient(tracking_uri=tracking_uri)
+    try:
+        exp = client.get_experiment_by_name(experiment)
+    except MlflowException as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise AnalysisError(f"cannot read MLflow tracking store {tracking_uri!r}: {first}") from None
+    if exp is None or exp.lifecycle_stage == "deleted":
+        names = sorted(e.name for e in client.search_experiments())
+        raise AnalysisError(f"no MLflow experiment {experiment!r} in {tracking_uri!r}; "
+                            f"experiments there: {', '.join(names) or 'none'} (check --experiment / --tracking-uri)")
+    return client, exp
+
+
+def search_all(client, experiment_id: str) -> list:
+    """Every active run of the experiment, all pages."""
+    from mlflow.entities import ViewType
+
+    out, token = [], None
+    while True:
+        page = client.search_runs([experiment_id], filter_string="", run_view_type=ViewType.ACTIVE_ONLY,
+                                  max_results=1000, page_token=token)
+        out.extend(page)
+        token = page.token
+        if not token:
+            return out
+
+
+def _groups(tags: dict[str, str]) -> list[str]:
+    try:
+        groups = json.loads(tags.get(f"{TAG}groups") or "[]")
+    except json.JSONDecodeError:
+        return []
+    return [str(g) for g in groups] if isinstance(groups, list) else []
+
+
+def _seed(value: Any) -> int | None:
+    try:
+        return int(str(value))
+    except ValueError:
+        return None
+
+
+def run_record(run) -> dict[str, Any]:
+    """One row of the runs table from an MLflow Run."""
+    tags = run.data.tags
+    return {
+        "run": run.info.run_id, "status": run.info.status, "stage": tags.get(f"{TAG}stage", ""),
+        "dataset": tags.get(f"{TAG}dataset", ""), "target": tags.get(f"{TAG}target", ""),
+        "attribute": tags.get(f"{TAG}attribute", ""), "method": tags.get(f"{TAG}method", ""),
+        "strategy": tags.get(f"{TAG}strategy", ""), "seed": _seed(tags.get(f"{TAG}seed", "")),
+        "candidates": tags.get(f"{TAG}candidates", ""), "groups": tags.get(f"{TAG}groups", ""),
+        "scenario": tags.get(f"{TAG}scenario", ""), "git_commit": tags.get(f"{TAG}git_commit", ""),
+        "start_time": int(run.info.start_time or 0),
+    }
+
+
+def primary_candidate(stage: str, candidates: str, strategy: str) -> str:
+    """The candidate a run stands for: the selected one of a composition, else the first declared one."""
+    if stage == "compose":
+        return f"{SELECTED_PREFIX}{strategy}"
+    first = candidates.split(",")[0].strip()
+    return first or "model"
+
+
+def entry_label(stage: str, method: str, strategy: str, candidate: str, primary: str) -> str:
+    """The row name of a (run, candidate) in tables: `method`, `method [candidate]` or `method + strategy`.
+
+    The `experts` and `erm` copies inside a composition repeat the evaluate runs' numbers, so they get "".
+    """
+    if stage == "compose":
+        return f"{method} + {strategy}" if candidate == primary else ""
+    return method if candidate == primary else f"{method} [{candidate}]"
+
+
+def parse_metric(name: str, group_of: dict[str, str]) -> tuple[str, str, str, str] | None:
+    """(split, candidate, metric, group) of an MLflow metric name, or None for names the tables ignore.
+
+    `group_of` maps a sanitised group fragment back to the group's real name
+    (from the run's `noharm.groups` tag); unknown fragments are kept as they are.
+    """
+    head, _, rest = name.partition("/")
+    if head in SPLITS:
+        candidate, _, rest = rest.partition("/")
+        if not candidate or not rest:
+            return None
+        split = head
+    elif head in ("cost", "selection"):
+        split, candidate = head, ""
+    else:
+        return None
+    if "/group:" in rest:
+        metric, _, fragment = rest.partition("/group:")
+        return split, candidate, metric, group_of.get(fragment, fragment)
+    for agg in ("worst", "gap"):
+        if rest.endswith(f"/{agg}"):
+            return split, candidate, rest[: -len(agg) - 1], agg
+    return split, candidate, rest, "overall"
+
+
+def tidy_rows(record: dict[str, Any], metrics: dict[str, float]) -> list[tuple]:
+    """Tidy rows (in TIDY_COLUMNS order) of one evaluate or compose run."""
+    groups = _groups({f"{TAG}groups": record["groups"]})
+    group_of = {metric_fragment(g): g for g in groups}
+    primary = primary_candidate(record["stage"], record["candidates"], record["strategy"])
+    rows = []
+    for name, value in metrics.items():
+        parsed = parse_metric(name, group_of)
+        if parsed is None or value is None or (isinstance(value, float) and math.isnan(value)):
+            continue
+        split, candidate, metric, group = parsed
+        if split == "selection":
+            candidate = primary  # the selector's per-group choice belongs to the selected candidate
+        # cost and selection numbers describe the run, so they carry the run's own row name
+        label = entry_label(record["stage"], record["method"], record["strategy"],
+                            candidate if split in SPLITS else primary, primary)
+        rows.append((record["run"], record["stage"], record["dataset"], record["target"], record["attribute"],
+                     record["method"], record["strategy"], candidate, label, candidate == primary or split == "cost",
+                     record["seed"], split, group, metric, float(value)))
+    return rows
+
+
+@contextmanager
+def _quiet_downloads():
+    """No per-file progress bars on stderr while the report downloads artifacts."""
+    key = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    before = os.environ.get(key)
+    os.environ[key] = "false"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = before
+
+
+def _stress_frame(client, runs: list) -> pd.DataFrame:
+    frames = []
+    with tempfile.TemporaryDirectory(prefix="noharm-report-") as tmp, _quiet_downloads():
+        for run in runs:
+            run_id = run.info.run_id
+            present = {a.path for a in client.list_artifacts(run_id)}
+            if STRESS_ARTIFACT not in present:
+                continue
+            local = client.download_artifacts(run_id, STRESS_ARTIFACT, str(Path(tmp) / run_id))
+            frame = pd.read_parquet(local)
+            missing = [c for c in STRESS_COLUMNS if c not in frame.columns]
+            if missing:
+                raise AnalysisError(f"{STRESS_ARTIFACT} of MLflow run {run_id} lacks column(s) {', '.join(missing)}; "
+                                    "rerun `noharm stress` with this version of noharm")
+            frame.insert(0, "run", run_id)
+            frames.append(frame)
+    if not frames:
+        return pd.DataFrame(columns=["run", *STRESS_COLUMNS])
+    out = pd.concat(frames, ignore_index=True)
+    out["seed"] = out["seed"].astype("int64")
+    out["severity"] = out["severity"].astype("float64")
+    return out
+
+
+def collect(experiment: str, tracking_uri: str | None = None, stress: bool = True) -> Collection:
+    """Read one experiment into a Collection (tidy table, runs table, stress rows, notes).
+
+    Duplicate FINISHED runs of one (stage, dataset, target, attribute, method,
+    strategy, seed) keep the oldest, as the sweep's resume does. Rows are sorted,
+    so the same store always gives the same frames.
+    """
+    import mlflow
+
+    uri = tracking_uri or mlflow.get_tracking_uri()
+    client, exp = open_experiment(experiment, uri)
+    all_runs = search_all(client, exp.experiment_id)
+    records = [run_record(r) for r in all_runs]
+    by_id = {r.info.run_id: r for r in all_runs}
+    runs = pd.DataFrame(records, columns=list(RUN_COLUMNS))
+    runs = runs.sort_values(["stage", "dataset", "target", "attribute", "method", "strategy", "seed", "start_time",
+                             "run"], na_position="last", kind="mergesort").reset_index(drop=True)
+    notes: list[str] = []
+    failed = runs[runs["status"] == "FAILED"]
+    if len(failed):
+        per = ", ".join(f"{s or '(no stage)'}: {n}" for s, n in failed.groupby("stage")["run"].count().items())
+        notes.append(f"{len(failed)} FAILED run(s) ignored ({per})")
+    usable = runs[(runs["status"] == "FINISHED") & runs["stage"].isin(TABLE_STAGES)]
+    bad = usable[usable["seed"].isna() | (usable["dataset"] == "") | (usable["method"] == "")]
+    if len(bad):
+        notes.append(f"{len(bad)} finished run(s) without noharm.dataset / noharm.method / noharm.seed tags ignored")
+        usable = usable.drop(bad.index)
+    keys = ["stage", "dataset", "target", "attribute", "method", "strategy", "seed"]
+    dup = usable.duplicated(keys, keep="first")  # sorted by start time within a key: the oldest stays
+    if dup.any():
+        notes.append(f"{int(dup.sum())} duplicate finished run(s) ignored (the oldest of each key is used)")
+        usable = usable[~dup]
+    rows: list[tuple] = []
+    for record in usable.to_dict("records"):
+        record["seed"] = int(record["seed"])
+        rows.extend(tidy_rows(record, by_id[record["run"]].data.metrics))
+    tidy = pd.DataFrame(rows, columns=list(TIDY_COLUMNS))
+    tidy = tidy.astype({"seed": "int64", "value": "float64", "primary": "bool"})
+    tidy = tidy.sort_values(["dataset", "target", "attribute", "stage", "method", "strategy", "candidate", "seed",
+                             "split", "metric", "group", "run"], kind="mergesort").reset_index(drop=True)
+    stress_runs = [by_id[r] for r in runs[(runs["status"] == "FINISHED") & (runs["stage"] == "stress")]["run"]]
+    stress_rows = _stress_frame(client, stress_runs) if stress else pd.DataFrame(columns=["run", *STRESS_COLUMNS])
+    return Collection(experiment=experiment, experiment_id=str(exp.experiment_id), tracking_uri=uri, tidy=tidy,
+                      runs=runs, stress=stress_rows, notes=notes)
+
+
+def stage_counts(runs: pd.DataFrame) -> pd.DataFrame:
+    """Runs per stage and status (rows: stage; columns: statuses), for the report's index."""
+    if runs.empty:
+        return pd.DataFrame()
+    table = runs.assign(stage=runs["stage"].replace("", "(none)")).pivot_table(
+        index="stage", columns="status", values="run", aggfunc="count", fill_value=0)
+    return table.sort_index().reindex(sorted(table.columns), axis=1)
+
+
+def seeds_of(tidy: pd.DataFrame) -> list[int]:
+    return sorted(int(s) for s in tidy["seed"].unique())
+
+
+def iter_tasks(tidy: pd.DataFrame) -> Iterable[tuple[str, str, str]]:
+    """(dataset, target, attribute) triples in sorted order."""
+    keys = tidy[["dataset", "target", "attribute"]].drop_duplicates().sort_values(["dataset", "target", "attribute"])
+    return [tuple(k) for k in keys.itertuples(index=False, name=None)]

@@ -1,0 +1,170 @@
+"""Statistics over seeds: t-intervals, paired tests against ERM, and a percentile bootstrap.
+
+Every function takes plain sequences (one value per seed), drops NaN (a metric
+undefined on a seed, e.g. AUC of a one-class group) pairwise, and returns NaN
+when too few values remain to say anything, never raising on small samples.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+from scipy import stats as _st
+
+ALTERNATIVES = ("less", "greater", "two-sided")
+HARM_TESTS = ("t", "sign-flip")
+# Exact sign-flip enumeration up to 2**20 patterns; beyond, a seeded Monte Carlo sample.
+MAX_EXACT_SIGN_FLIP = 20
+
+
+@dataclass(frozen=True)
+class Interval:
+    """Mean of n values with a two-sided interval [low, high] (half_width = (high - low) / 2)."""
+
+    mean: float
+    low: float
+    high: float
+    n: int
+
+    @property
+    def half_width(self) -> float:
+        return (self.high - self.low) / 2
+
+
+def _clean(values: Sequence[float]) -> np.ndarray:
+    a = np.asarray(values, dtype=np.float64).ravel()
+    return a[~np.isnan(a)]
+
+
+def _check_level(level: float) -> None:
+    if not 0 < level < 1:
+        raise ValueError(f"confidence level must be in (0, 1), got {level}")
+
+
+def t_interval(values: Sequence[float], level: float = 0.95) -> Interval:
+    """Student-t interval of the mean: mean ± t_{(1+level)/2, n-1} · sd / sqrt(n).
+
+    One value gives its mean with NaN bounds; none gives all NaN.
+    """
+    _check_level(level)
+    a = _clean(values)
+    n = len(a)
+    if n == 0:
+        return Interval(math.nan, math.nan, math.nan, 0)
+    mean = float(a.mean())
+    if n == 1:
+        return Interval(mean, math.nan, math.nan, 1)
+    half = float(_st.t.ppf((1 + level) / 2, n - 1) * a.std(ddof=1) / math.sqrt(n))
+    return Interval(mean, mean - half, mean + half, n)
+
+
+def _paired(a: Sequence[float], b: Sequence[float]) -> np.ndarray:
+    x = np.asarray(a, dtype=np.float64).ravel()
+    y = np.asarray(b, dtype=np.float64).ravel()
+    if x.shape != y.shape:
+        raise ValueError(f"paired samples need equal lengths, got {len(x)} and {len(y)}")
+    d = x - y
+    return d[~np.isnan(d)]
+
+
+def _check_alternative(alternative: str) -> None:
+    if alternative not in ALTERNATIVES:
+        raise ValueError(f"alternative must be one of {', '.join(ALTERNATIVES)}, got {alternative!r}")
+
+
+def _constant(d: np.ndarray) -> bool:
+    # Differences equal up to float noise (e.g. 0.1 - 0.2 on every seed): the sd is rounding only.
+    return float(np.ptp(d)) <= 1e-12 * max(1.0, float(np.abs(d).max()))
+
+
+def paired_t_test(a: Sequence[float], b: Sequence[float], alternative: str = "less") -> float:
+    """p-value of the paired t-test of mean(a - b) against 0 ("less": a is below b).
+
+    Pairs with a NaN are dropped; fewer than 2 pairs give NaN. Differences that are
+    all equal give p = 0 when they point the way of `alternative` (the t statistic is
+    infinite) and p = 1 when they are all zero or point the other way.
+    """
+    _check_alternative(alternative)
+    d = _paired(a, b)
+    n = len(d)
+    if n < 2:
+        return math.nan
+    mean = float(d.mean())
+    if _constant(d):
+        if mean == 0 or abs(mean) <= 1e-15:
+            return 1.0
+        toward = {"less": mean < 0, "greater": mean > 0, "two-sided": True}[alternative]
+        return 0.0 if toward else 1.0
+    t = mean / (d.std(ddof=1) / math.sqrt(n))
+    if alternative == "less":
+        return float(_st.t.cdf(t, n - 1))
+    if alternative == "greater":
+        return float(_st.t.sf(t, n - 1))
+    return float(min(1.0, 2 * _st.t.sf(abs(t), n - 1)))
+
+
+def sign_flip_test(a: Sequence[float], b: Sequence[float], alternative: str = "less",
+                   n_resamples: int = 100_000, seed: int = 0) -> float:
+    """p-value of the paired sign-flip permutation test on the mean difference a - b.
+
+    Under the null the sign of each difference is a fair coin. Up to
+    MAX_EXACT_SIGN_FLIP pairs every one of the 2^n sign patterns is enumerated (an
+    exact test: with n pairs the smallest one-sided p-value is 2^-n, so 3 seeds can
+    never reach 0.05); beyond, `n_resamples` seeded patterns plus the observed one.
+    """
+    _check_alternative(alternative)
+    d = _paired(a, b)
+    n = len(d)
+    if n < 1:
+        return math.nan
+    if n <= MAX_EXACT_SIGN_FLIP:
+        signs = np.array(list(itertools.product((1.0, -1.0), repeat=n)))
+    else:
+        rng = np.random.default_rng(seed)
+        signs = np.vstack([np.ones(n), rng.choice((1.0, -1.0), size=(n_resamples, n))])
+    means = signs @ d / n
+    observed = d.mean()
+    tol = 1e-12 * max(1.0, float(np.abs(d).max()))  # ties count as "as extreme"
+    if alternative == "less":
+        hits = means <= observed + tol
+    elif alternative == "greater":
+        hits = means >= observed - tol
+    else:
+        hits = np.abs(means) >= abs(observed) - tol
+    return float(hits.mean())
+
+
+def harm_p_value(method: Sequence[float], erm: Sequence[float], test: str = "t") -> float:
+    """One-sided p-value that the method's per-seed values are below ERM's (paired by seed)."""
+    if test == "t":
+        return paired_t_test(method, erm, "less")
+    if test == "sign-flip":
+        return sign_flip_test(method, erm, "less")
+    raise ValueError(f"unknown harm test {test!r}; choose one of: {', '.join(HARM_TESTS)}")
+
+
+def bootstrap_interval(values: Sequence[float], statistic: Callable[[np.ndarray], np.ndarray] | None = None,
+                       level: float = 0.95, n_resamples: int = 10_000, seed: int = 0) -> Interval:
+    """Percentile bootstrap interval of `statistic` (default: the mean), seeded, vectorised.
+
+    `statistic` maps an array [B, n] of resamples to [B] values along axis 1 (e.g.
+    `lambda x: np.median(x, axis=1)`). The returned `mean` is the statistic of the
+    data itself. Fewer than 2 values give NaN bounds.
+    """
+    _check_level(level)
+    a = _clean(values)
+    stat = statistic or (lambda x: x.mean(axis=1))
+    n = len(a)
+    if n == 0:
+        return Interval(math.nan, math.nan, math.nan, 0)
+    point = float(stat(a[None, :])[0])
+    if n == 1:
+        return Interval(point, math.nan, math.nan, 1)
+    rng = np.random.default_rng(seed)
+    boots = stat(a[rng.integers(0, n, size=(n_resamples, n))])
+    low, high = np.quantile(boots, [(1 - level) / 2, (1 + level) / 2])
+    return Interval(point, float(low), float(high), n)
