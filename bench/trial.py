@@ -28,8 +28,12 @@ from bench.errors import ConfigError
 from bench.objectives import canonical, make_objective
 from datasets import Grouping, get_dataset
 from methods import FitContext, TaskData, get_method
+from methods.batches import eval_batch_size
 
 SCORED_SPLITS = ("val", "test")
+# Splits a trial scores and stores by default; train is added for methods that declare
+# `needs_train_predictions` and for trials that ask for it (`train_predictions`).
+STORED_SPLITS = ("val", "test")
 
 
 @dataclass
@@ -51,6 +55,8 @@ class TrialConfig:
     selectors: tuple[str, ...] = ()
     selection_metric: str = "accuracy"
     erm_predictions: str | None = None  # an ERM run folder for the same dataset, attribute and seed
+    # Also score and store the training split (default: validation and test only).
+    train_predictions: bool = False
 
     def validate(self) -> None:
         canonical(self.objective)
@@ -118,6 +124,39 @@ def score_predictions(preds: pd.DataFrame, group_names: list[str]) -> dict[str, 
     return out
 
 
+def stored_splits(cfg: TrialConfig, method_cls) -> tuple[str, ...]:
+    """The splits a trial scores and stores: validation and test, plus train when asked for or declared."""
+    if cfg.train_predictions or getattr(method_cls, "needs_train_predictions", False):
+        return ("train", *STORED_SPLITS)
+    return STORED_SPLITS
+
+
+def score_splits(predictor, task: TaskData, splits: tuple[str, ...]) -> tuple[dict[str, np.ndarray], float]:
+    """Scores of the rows of `splits` (in row order), and the rows per second of the test pass.
+
+    Each split is scored once: validation comes back from the predictor's memory of the best
+    epoch's pass when it has one. The test pass is always a fresh inference pass, so its
+    rate measures inference alone.
+    """
+    rows = {s: task.indices(s) for s in splits}
+    order = np.flatnonzero(np.isin(task.split, splits))
+    out: dict[str, np.ndarray] = {}
+    rate = float("nan")
+    for split, idx in rows.items():
+        if not len(idx):
+            continue
+        t0 = time.perf_counter()
+        part = predictor.predict_proba(task, idx)
+        if split == "test":
+            rate = len(idx) / max(time.perf_counter() - t0, 1e-9)
+        pos = np.searchsorted(order, idx)
+        for cand, proba in part.items():
+            if cand not in out:
+                out[cand] = np.empty((len(order), proba.shape[1]), np.float32)
+            out[cand][pos] = proba
+    return out, rate
+
+
 def run_trial(
     cfg: TrialConfig,
     device: str = "auto",
@@ -144,23 +183,27 @@ def run_trial(
     )
     val_idx = task.indices("val")
     objective = make_objective(cfg.objective, task.y[val_idx], task.group[val_idx], list(grouping.names))
+    # One inference batch for every scoring pass of this trial, sized to the input and the memory.
+    eval_batch = eval_batch_size(task.input_shape, dev, method.hp.get("batch_size"))
     ctx = FitContext(device=dev, seed=cfg.seed, objective=objective, precision=cfg.precision,
                      channels_last=cfg.channels_last, started_at=t_start,
-                     log=log, on_epoch=on_epoch)
+                     log=log, on_epoch=on_epoch, eval_batch_size=eval_batch)
 
     seed_everything(cfg.seed)
     t_fit = time.perf_counter()
     predictor = method.fit(task, ctx)
     fit_seconds = time.perf_counter() - t_fit
 
-    all_idx = np.arange(len(task.y))
+    splits = stored_splits(cfg, method_cls)
+    rows = np.flatnonzero(np.isin(task.split, splits))
     t_pred = time.perf_counter()
-    scores = predictor.predict_proba(task, all_idx)
+    scores, eval_rate = score_splits(predictor, task, splits)
     predict_seconds = time.perf_counter() - t_pred
-    base = bundle.table[["sample_id", "split", "y"]].copy()
-    base["group"] = np.asarray(grouping.names, dtype=object)[grouping.ids]
-    base["group_id"] = grouping.ids
+    base = bundle.table[["sample_id", "split", "y"]].iloc[rows].reset_index(drop=True)
+    base["group"] = np.asarray(grouping.names, dtype=object)[grouping.ids[rows]]
+    base["group_id"] = grouping.ids[rows]
     preds = P.build(base, scores)
+    del scores
     metrics = score_predictions(preds, list(grouping.names))
 
     stats = dict(getattr(predictor, "stats", {}) or {})
@@ -168,7 +211,9 @@ def run_trial(
         "wall_seconds": time.perf_counter() - t_start,  # this method only, not the reference ERM
         "fit_seconds": fit_seconds,
         "predict_seconds": predict_seconds,
-        "predict_seconds_per_1000": predict_seconds / max(1, len(all_idx)) * 1000,
+        "predict_seconds_per_1000": predict_seconds / max(1, len(rows)) * 1000,
+        "eval_samples_per_second": eval_rate,
+        "eval_batch_size": float(eval_batch),
         "train_samples_per_second": float(stats.get("train_samples_per_second", float("nan"))),
         "peak_memory_mb": peak_memory_mb(dev),
         **{k: float(v) for k, v in stats.items() if k != "train_samples_per_second"},

@@ -56,7 +56,9 @@ class FitContext:
     log: Callable[[str], None] = lambda msg: None
     # Called after each epoch with (epoch, {"train/loss": ..., "val/objective": ...}).
     on_epoch: Callable[[int, dict[str, float]], None] | None = None
-    eval_batch_size: int = 1024
+    # Rows per inference batch; None sizes it to the input, the memory at hand and the training batch
+    # (`methods.batches.eval_batch_size`).
+    eval_batch_size: int | None = None
 
 
 class Predictor(ABC):
@@ -87,6 +89,11 @@ class Method(ABC):
     candidates: ClassVar[tuple[str, ...]] = ("model",)
     # Candidates routed by the true group (one model per group), which the selector composes with ERM.
     expert_candidate: ClassVar[str | None] = None
+    # Whether something after the trial reads this method's training-split predictions. The trial
+    # scores and stores only validation and test unless this is True (or the trial asks for train
+    # rows); no built-in method needs them: DFR and group-threshold fit on validation, selection and
+    # stress read validation and test.
+    needs_train_predictions: ClassVar[bool] = False
 
     def __init__(self, overrides: Mapping[str, Any] | None = None):
         self.hp = resolve(self.hparams, overrides, owner=self.name)

@@ -44,7 +44,9 @@ def test_metrics_equal_sklearn_on_saved_predictions(adult_result, tmp_path):
     config = json.loads((out / "config.json").read_text())
     assert config["dataset"] == "adult" and config["resolved_hparams"]["epochs"] == 2
     assert set(preds.columns) >= {"sample_id", "split", "y", "group", "group_id", "proba/model/0", "proba/model/1"}
-    assert len(preds) == 45222 and (out / "model.pt").is_file()
+    # Validation and test only (45,222 rows minus the 24,129 training rows), stored as float32.
+    assert len(preds) == 21093 and set(preds["split"]) == {"val", "test"} and (out / "model.pt").is_file()
+    assert (preds[["proba/model/0", "proba/model/1"]].dtypes == np.float32).all()
     cost = json.loads((out / "metrics.json").read_text())["cost"]
     assert cost["train_samples_per_second"] > 0 and cost["peak_memory_mb"] > 0
 
