@@ -102,7 +102,8 @@ def align(method_preds: pd.DataFrame, erm_preds: pd.DataFrame) -> pd.DataFrame:
         if df["sample_id"].duplicated().any():
             dup = df.loc[df["sample_id"].duplicated(), "sample_id"].iloc[0]
             raise ConfigError(f"{label} predictions repeat sample_id {_show(dup)}; each sample must appear once")
-    if len(method_preds) != len(erm_preds):
+    # ERM may hold more rows (its training split stored, or an older run): only the method's rows are used.
+    if len(method_preds) > len(erm_preds):
         raise ConfigError(f"ERM predictions have {len(erm_preds)} rows, the method's {len(method_preds)}: "
                           "they are for another dataset, attribute or seed")
     ids = method_preds["sample_id"].to_numpy()

@@ -104,7 +104,7 @@ def trial_config(suite: Suite, cell: Cell, hparams: dict[str, Any], seed: int) -
     return TrialConfig(
         dataset=cell.dataset, attribute=cell.attribute, method=cell.method, seed=seed, hparams=resolved,
         dataset_options=dict(cell.options), objective=suite.search.objective, precision=suite.precision,
-        min_group_size=suite.min_group_size,
+        min_group_size=suite.min_group_size, train_predictions=suite.train_predictions,
     )
 
 

@@ -3,7 +3,8 @@
 Two trials with the same key produce the same predictions (same code, same
 seed, CPU), so a sweep skips a key that MLflow already holds as FINISHED. The
 key covers dataset, attribute, method, fully resolved hyperparameters, seed,
-dataset options, objective, precision, minimum group size and `CODE_VERSION`.
+dataset options (and the content of a `split_file`), objective, precision, minimum group size,
+whether training rows are stored, and `CODE_VERSION`.
 It leaves out what does not change numbers (suite name, output folder,
 tracking URI, device choice, concurrency).
 """
@@ -44,13 +45,21 @@ def trial_key(cfg: TrialConfig) -> str:
     from methods import get_method
     from methods.hparams import resolve
 
+    from datasets.splits import split_file_digest
+
     hparams = resolve(get_method(cfg.method).hparams, cfg.hparams, owner=cfg.method)
-    return _digest({
+    payload = {
         "dataset": cfg.dataset, "attribute": cfg.attribute, "method": cfg.method,
         "hparams": hparams, "seed": int(cfg.seed), "dataset_options": cfg.dataset_options,
         "objective": cfg.objective, "precision": cfg.precision, "min_group_size": int(cfg.min_group_size),
         "version": CODE_VERSION,
-    })
+    }
+    # Added only when set, so keys of trials without them stay as they were.
+    if cfg.dataset_options.get("split_file"):  # the split's content, not just its path
+        payload["split_file_sha256"] = split_file_digest(cfg.dataset_options["split_file"])
+    if cfg.train_predictions:
+        payload["train_predictions"] = True
+    return _digest(payload)
 
 
 def compose_key(method_key: str, erm_key: str, strategy: str, metric: str, candidate: str) -> str:

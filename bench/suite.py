@@ -119,6 +119,10 @@ class Suite(Strict):
     retries: int = Field(1, ge=0)
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     min_group_size: int = Field(10, ge=1)
+    # Also store every trial's training-split predictions (default: validation and test only).
+    train_predictions: bool = False
+    # Runs that keep their model.pt: evaluate runs (what stress re-scoring reads), all runs, or none.
+    keep_models: Literal["evaluate", "all", "none"] = "evaluate"
     tracking: TrackingSettings = Field(default_factory=TrackingSettings)
     # Where the suite came from (for messages); not part of the file.
     source: str = ""
@@ -367,6 +371,8 @@ def _resolve_roots(suite: Suite, data_root: str | os.PathLike | None) -> Suite:
             options["root"] = str(Path(str(root)).expanduser())
         elif data_root is not None and DATASETS.get(entry.name).needs_root:
             options["root"] = str(Path(data_root).expanduser().absolute() / entry.name)
+        if options.get("split_file"):  # trials may run in another working directory
+            options["split_file"] = str(Path(str(options["split_file"])).expanduser().absolute())
         entries.append(entry.model_copy(update={"options": options}))
     return suite.model_copy(update={"datasets": entries})
 

@@ -156,7 +156,7 @@ def run_suite(suite: Suite, out: str | os.PathLike, tracking_uri: str | None = N
     invocation = uuid.uuid4().hex[:12]
     context = {"uri": uri, "experiment_id": tracker.experiment_id, "suite": suite.name,
                "invocation": invocation, "git_commit": git_commit(), "code_version": CODE_VERSION,
-               "retries": suite.retries, "device": device}
+               "retries": suite.retries, "device": device, "keep_models": suite.keep_models}
     started = False
     try:
         if not searcher.is_done():  # a finished suite needs no Ray at all

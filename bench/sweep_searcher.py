@@ -251,7 +251,9 @@ class SweepSearcher(Searcher):
                 self.counts["evaluate"].skipped += 1
                 self._record_evaluate(cell, seed, done, spec["key"])
                 continue
-            if best_run and spec["key"] == best_key:
+            # Search runs keep no model.pt when only evaluate runs do: the search seed then retrains
+            # (same seed, same numbers) so that its evaluate run has one.
+            if best_run and spec["key"] == best_key and self.suite.keep_models != "evaluate":
                 spec["copy_from"] = best_run
             self.queue.append(spec)
 

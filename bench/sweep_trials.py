@@ -123,7 +123,7 @@ def run_training(spec: dict[str, Any], context: dict[str, Any], tracker: Tracker
         tracker.log_history(run_id, [(e, {f"epoch/{k.replace('/', '_')}": v for k, v in vals.items()})
                                      for e, vals in history])
         with tempfile.TemporaryDirectory(prefix="noharm-trial-") as tmp:
-            folder = save_trial(result, Path(tmp) / "trial")
+            folder = save_trial(result, Path(tmp) / "trial", model=keeps_model(context, spec["stage"]))
             tracker.log_dir(run_id, folder)
     except Exception as exc:  # storing failed (disk, server): a FAILED run, never a half-logged FINISHED one
         tracker.fail(run_id, traceback.format_exc(), f"storing the results failed: {one_line(exc)}")
@@ -132,6 +132,12 @@ def run_training(spec: dict[str, Any], context: dict[str, Any], tracker: Tracker
     tracker.finish(run_id)
     finite = objective if math.isfinite(objective) else WORST_OBJECTIVE
     return {"run_id": run_id, "objective": finite, "failed": 0, "skipped": 0, "error": ""}
+
+
+def keeps_model(context: dict[str, Any], stage: str) -> bool:
+    """Whether a run of `stage` stores model.pt under the suite's `keep_models` (evaluate, all or none)."""
+    keep = context.get("keep_models", "evaluate")
+    return keep == "all" or (keep == "evaluate" and stage == "evaluate")
 
 
 def one_line(exc: BaseException) -> str:

@@ -271,8 +271,8 @@ def erm_reference(cfg: TrialConfig, device: str, log: Callable[[str], None]) -> 
     return run_trial(erm_cfg, device=device).predictions
 
 
-def save_trial(result: TrialResult, out: str | os.PathLike, force: bool = False) -> Path:
-    """Write predictions.parquet, metrics.json, config.json and model.pt into `out`, all or nothing.
+def save_trial(result: TrialResult, out: str | os.PathLike, force: bool = False, model: bool = True) -> Path:
+    """Write predictions.parquet, metrics.json, config.json and (`model`) model.pt into `out`, all or nothing.
 
     Files are written into a staging folder beside `out` and moved into place
     at the end, so a crash never leaves a folder that looks complete.
@@ -284,7 +284,7 @@ def save_trial(result: TrialResult, out: str | os.PathLike, force: bool = False)
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
         result.predictions.to_parquet(stage / "predictions.parquet", index=False)
-        if result.state_dict:
+        if model and result.state_dict:
             torch.save(result.state_dict, stage / "model.pt")
         config = {**asdict(result.config), "resolved_hparams": result.notes["hparams"],
                   "group_names": list(result.group_names), "candidates": list(result.candidates),

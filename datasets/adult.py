@@ -89,6 +89,7 @@ class Adult(GroupDataset):
         split[is_train] = stratified_assign(
             strata, (1 - self.val_fraction, self.val_fraction), seed, names=("train", "val")
         )
+        split = self.file_split(table["sample_id"], split)  # a split file's rows, before fitting on train
         table.insert(1, "split", split)
 
         x = self._encode(raw, split == "train")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from pathlib import Path
+from typing import Any, Callable, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -65,6 +67,12 @@ class GroupDataset(ABC):
 
     Subclasses set the class attributes below and implement `load`. Options are
     validated in `__init__` so a bad value fails before any work starts.
+
+    Every dataset takes `split_file` (a CSV of `sample_id` and `split`, e.g. a split a paper
+    published) and `split_id_column` (the file's id column when it is not `sample_id`): the
+    file's split then replaces the dataset's own rule. A subclass's `load` is wrapped so
+    that this holds for every dataset, plugins included; a loader that fits something on
+    the training rows (adult's feature scaling) asks `file_split` first.
     """
 
     name: ClassVar[str] = ""  # set by the registry
@@ -78,7 +86,8 @@ class GroupDataset(ABC):
     needs_root: ClassVar[bool] = False
     size_note: ClassVar[str] = ""  # e.g. "48,842 rows (45,222 after dropping missing values)"
 
-    def __init__(self, root: str | None = None, target: str | None = None, **options: Any):
+    def __init__(self, root: str | None = None, target: str | None = None, split_file: str | None = None,
+                 split_id_column: str | None = None, **options: Any):
         self.root = root
         self.target = target or self.default_target
         if self.target not in self.targets:
@@ -91,6 +100,26 @@ class GroupDataset(ABC):
             raise DatasetError(
                 f"unknown option(s) {', '.join(sorted(options))} for dataset {self.name!r}"
             )
+        self.split_file = str(Path(str(split_file)).expanduser().absolute()) if split_file else None
+        self.split_id_column = str(split_id_column) if split_id_column else None
+        if self.split_file and not Path(self.split_file).is_file():
+            raise DatasetError(f"{self.name}: split_file {str(split_file)!r} not found; give the path of a CSV "
+                               "with columns sample_id and split (train / val / test)")
+        if self.split_id_column and not self.split_file:
+            raise DatasetError(f"{self.name}: split_id_column needs split_file")
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "load" in cls.__dict__:
+            cls.load = _applying_split_file(cls.__dict__["load"])
+
+    def file_split(self, sample_ids: Any, default: np.ndarray) -> np.ndarray:
+        """The split file's split of these samples (one DatasetError line when the file does not fit), else `default`."""
+        if not self.split_file:
+            return default
+        from datasets.splits import splits_from_file
+
+        return splits_from_file(self.split_file, np.asarray(sample_ids), self.name, self.split_id_column)
 
     @abstractmethod
     def load(self, seed: int) -> DataBundle:
@@ -112,3 +141,20 @@ class GroupDataset(ABC):
             "targets": list(self.targets),
             "attributes": list(self.attributes),
         }
+
+
+def _applying_split_file(load: Callable[[GroupDataset, int], DataBundle]) -> Callable[[GroupDataset, int], DataBundle]:
+    """`load`, followed by the split file's split when the dataset was given one."""
+    if getattr(load, "applies_split_file", False):
+        return load
+
+    @functools.wraps(load)
+    def wrapper(self: GroupDataset, seed: int) -> DataBundle:
+        bundle = load(self, seed)
+        if getattr(self, "split_file", None):
+            table = bundle.table
+            table["split"] = self.file_split(table["sample_id"], table["split"].to_numpy(object))
+        return bundle
+
+    wrapper.applies_split_file = True  # type: ignore[attr-defined]
+    return wrapper

@@ -81,6 +81,17 @@ def test_erm_rows_are_aligned_by_sample_id(hand_made):
     np.testing.assert_array_equal(P.proba(out, "erm"), P.proba(erm, "model"))
 
 
+def test_erm_with_training_rows_composes_on_the_methods_rows(hand_made):
+    """An ERM run that also stored its training split (or an older run) still composes with a val/test-only method."""
+    method, erm = hand_made
+    train = table(np.array([0, 1]), np.array([0, 1]), np.array(["train", "train"]),
+                  {"model": one_hot_proba(np.array([0, 1]))}).assign(sample_id=[100, 101])
+    out, _ = compose(method, pd.concat([train, erm], ignore_index=True), ["greedy"])
+    plain, _ = compose(method, erm, ["greedy"])
+    assert len(out) == 40
+    pd.testing.assert_frame_equal(out, plain)
+
+
 @pytest.mark.parametrize("metric", ["accuracy", "auc"])
 @pytest.mark.parametrize("seed", range(4))
 def test_selected_never_harms_a_group_on_validation(metric, seed):

@@ -30,6 +30,8 @@ def add_parser(sub) -> None:
                                                   "instead of training ERM in this trial")
     p.add_argument("--channels-last", default="auto", choices=("auto", "on", "off"),
                    help="memory format of image models (auto: on for CUDA and bf16)")
+    p.add_argument("--train-predictions", action="store_true",
+                   help="also score and store the training split (default: validation and test only)")
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1")
     p.add_argument("--out", help="folder for predictions.parquet, metrics.json, config.json, model.pt")
     p.add_argument("--force", action="store_true", help="overwrite a non-empty --out folder")
@@ -51,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
         dataset=args.dataset, attribute=args.attribute, method=args.method, seed=args.seed,
         hparams=parse_assignments(args.set), dataset_options=options, objective=args.objective,
         precision=args.precision, channels_last=args.channels_last, selection_metric=args.selection_metric, erm_predictions=args.erm,
+        train_predictions=args.train_predictions,
         selectors=tuple(x.strip() for x in args.selectors.split(",") if x.strip() and x.strip() != "none"),
     )
     cfg.validate()
