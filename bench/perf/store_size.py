@@ -30,15 +30,14 @@ def sizes(out: Path) -> tuple[dict[str, int], dict[tuple[str, str], int], dict[s
         runs[stage] += 1
     by_artifact: dict[tuple[str, str], int] = defaultdict(int)
     by_stage: dict[str, int] = defaultdict(int)
-    for exp in (out / "artifacts").iterdir():
-        for run in exp.iterdir() if exp.is_dir() else ():
-            stage = stage_of.get(run.name)
-            if stage is None:
-                continue
-            for f in (run / "artifacts").rglob("*"):
-                if f.is_file():
-                    by_artifact[(stage, f.name)] += f.stat().st_size
-                    by_stage[stage] += f.stat().st_size
+    root = out / "artifacts"
+    for f in root.rglob("*"):
+        # <artifacts>/[<experiment>/]<run id>/artifacts/<name>: the run is the part MLflow knows.
+        run = next((p for p in f.relative_to(root).parts if p in stage_of), None)
+        if run is None or not f.is_file():
+            continue
+        by_artifact[(stage_of[run], f.name)] += f.stat().st_size
+        by_stage[stage_of[run]] += f.stat().st_size
     return dict(runs), dict(by_artifact), dict(by_stage)
 
 
@@ -52,7 +51,7 @@ def main() -> None:
     out = Path(args.out)
     t0 = time.perf_counter()
     if not (out / "mlflow.db").exists():
-        cmd = [sys.executable, "-m", "bench.cli", "run", args.suite, "--out", str(out), "--max-concurrent", "2"]
+        cmd = [sys.executable, "-m", "bench.cli", "run", args.suite, "--out", str(out), "--max-concurrent", "1"]
         env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
         if args.code:
             env["PYTHONPATH"] = args.code
