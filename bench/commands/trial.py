@@ -45,6 +45,8 @@ def run(args: argparse.Namespace) -> int:
     from methods.hparams import parse_assignments
 
     options = parse_options(args.option)
+    if options.get("split_file"):  # recorded in config.json: absolute, so a later re-score finds it
+        options["split_file"] = str(Path(str(options["split_file"])).expanduser().absolute())
     if args.data_root:
         options["root"] = args.data_root
     if args.target:
