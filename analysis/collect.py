@@ -16,6 +16,7 @@ selection (`selection/*` of compose runs), and group is "overall", a group name,
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import os
@@ -115,17 +116,28 @@ def open_experiment(experiment: str, tracking_uri: str):
 
 
 def search_all(client, experiment_id: str) -> list:
-    """Every active run of the experiment, all pages."""
+    """Every active run of the experiment, all pages.
+
+    Python's cyclic garbage collector is paused meanwhile: MLflow builds one ORM object per metric
+    (about a million for 5,000 runs) and the collector would rescan that growing heap again and
+    again (bench/perf/report_speed.py: 5,000 runs searched in 16.5 s instead of 33.8 s).
+    """
     from mlflow.entities import ViewType
 
-    out, token = [], None
-    while True:
-        page = client.search_runs([experiment_id], filter_string="", run_view_type=ViewType.ACTIVE_ONLY,
-                                  max_results=1000, page_token=token)
-        out.extend(page)
-        token = page.token
-        if not token:
-            return out
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        out, token = [], None
+        while True:
+            page = client.search_runs([experiment_id], filter_string="", run_view_type=ViewType.ACTIVE_ONLY,
+                                      max_results=1000, page_token=token)
+            out.extend(page)
+            token = page.token
+            if not token:
+                return out
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def _groups(tags: dict[str, str]) -> list[str]:
