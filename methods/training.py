@@ -150,6 +150,12 @@ class TorchPredictor(Predictor):
     def state_dict(self) -> dict[str, Any]:
         return {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
 
+    def features(self, task: TaskData, indices: np.ndarray) -> np.ndarray | None:
+        backbone = getattr(self.model, "backbone", None)
+        if backbone is None or task is not self.source.task:
+            return None
+        return self.map_rows(lambda model, batch: model.backbone(batch.x), indices, backbone.out_dim)
+
 
 def autocast(ctx: FitContext):
     """bf16/fp16 autocast when asked for; metrics and selection stay fp32."""
