@@ -180,11 +180,20 @@ def check_values(
     if bad.any():
         i = int(np.flatnonzero(bad.to_numpy())[0])
         value = frame[column].iloc[i]
-        shown = ", ".join(map(repr, allowed[:SHOWN_VALUES])) + (", ..." if len(allowed) > SHOWN_VALUES else "")
-        what = "is empty" if pd.isna(value) else f"has unexpected value {value!r}"
+        shown = ", ".join(map(_show, allowed[:SHOWN_VALUES])) + (", ..." if len(allowed) > SHOWN_VALUES else "")
+        what = "is empty" if pd.isna(value) else f"has unexpected value {_show(value)}"
         raise DatasetError(
             f"{dataset}: {file} line {frame.index[i] + line_offset}: {column} {what}; expected one of {shown}"
         )
+
+
+def _show(value: Any) -> str:
+    """A cell as users wrote it: numpy scalars as Python ones, 32.0 as 32."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return repr(value)
 
 
 def numeric_column(
@@ -196,6 +205,6 @@ def numeric_column(
     if bad.any():
         i = int(np.flatnonzero(bad.to_numpy())[0])
         value = frame[column].iloc[i]
-        what = "is empty" if pd.isna(value) else f"has non-numeric value {value!r}"
+        what = "is empty" if pd.isna(value) else f"has non-numeric value {_show(value)}"
         raise DatasetError(f"{dataset}: {file} line {frame.index[i] + line_offset}: {column} {what}; expected a number")
     return values

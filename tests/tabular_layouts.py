@@ -141,7 +141,7 @@ def write_acs(root: Path, state: str = "CA", st: int = 6, year: int = 2018, n: i
     rng = np.random.default_rng(seed)
     rows = []
     for k in range(n):
-        serial = f"{year}{'HU' if k % 5 else 'GQ'}{1000 + k // 2:07d}"
+        serial = f"{year}{'HU' if k % 5 else 'GQ'}{st * 100_000 + 1000 + k // 2:07d}"
         rows.append(_acs_row(serial, 1 + k % 2, st, rng))
     extra = [
         ("", {"AGEP": 17}), ("", {"PINCP": 101, "WAGP": 101}), ("", {"PINCP": 50_000}), ("", {"PINCP": 50_001}),
@@ -151,7 +151,7 @@ def write_acs(root: Path, state: str = "CA", st: int = 6, year: int = 2018, n: i
         ("hours", {"WKHP": ""}), ("weight", {"PWGTP": 0}),
     ]
     for j, (why, over) in enumerate(extra):
-        rows.append(_acs_row(f"{year}HU{9000 + j:07d}", 1, st, rng, why=why, **over))
+        rows.append(_acs_row(f"{year}HU{st * 100_000 + 9000 + j:07d}", 1, st, rng, why=why, **over))
     folder = root / str(year) / "1-Year" if folktables_layout else root
     folder.mkdir(parents=True, exist_ok=True)
     name = f"psam_p{st:02d}.csv" if year >= 2017 else f"ss{str(year)[-2:]}p{state.lower()}.csv"
