@@ -48,7 +48,8 @@ UCI_ROWS = 41188
 @register_dataset("bank")
 class Bank(TabularFileDataset):
     description = "UCI Bank Marketing (local file): term-deposit subscription after a phone campaign"
-    citation = "Moro, Cortez & Rita (2014), Decision Support Systems; UCI Machine Learning Repository, doi:10.24432/C5K306"
+    citation = ("Moro, Cortez & Rita (2014), Decision Support Systems; UCI Machine Learning Repository, "
+                "doi:10.24432/C5K306")
     targets = {"y": "subscribed a term deposit"}
     default_target = "y"
     size_note = "41,188 rows (80 with marital unknown dropped); seeded 60/20/20 split"

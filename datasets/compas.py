@@ -62,7 +62,8 @@ def propublica_filter(raw: pd.DataFrame, dropped: dict[str, int]) -> pd.DataFram
 @register_dataset("compas")
 class Compas(TabularFileDataset):
     description = "ProPublica COMPAS (local file): two-year recidivism, after ProPublica's filter"
-    citation = "Angwin, Larson, Mattu & Kirchner (2016), Machine Bias, ProPublica; github.com/propublica/compas-analysis"
+    citation = ("Angwin, Larson, Mattu & Kirchner (2016), Machine Bias, ProPublica; "
+                "github.com/propublica/compas-analysis")
     targets = {"two_year_recid": "re-arrested within two years"}
     default_target = "two_year_recid"
     size_note = ("7,214 rows; 6,172 after ProPublica's filter; 5,278 African-American or Caucasian "
@@ -100,7 +101,8 @@ class Compas(TabularFileDataset):
         raw["days_b_screening_arrest"] = numeric_column(raw, "days_b_screening_arrest", self.name, FILE,
                                                         allow_missing=True)
         if raw["id"].duplicated().any():
-            raise DatasetError(f"compas: {FILE}: id {raw['id'][raw['id'].duplicated()].iloc[0]} appears twice")
+            first = int(raw['id'][raw['id'].duplicated()].iloc[0])
+            raise DatasetError(f"compas: {FILE}: id {first} appears twice; is it the official file?")
 
         dropped: dict[str, int] = {}
         df = propublica_filter(raw, dropped)

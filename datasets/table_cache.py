@@ -18,16 +18,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
 import pandas as pd
-from filelock import FileLock, Timeout
 
-from datasets.image_cache import cache_key, default_cache_dir
+from datasets.image_cache import build_lock, cache_key, default_cache_dir
 
 # Bump when the layout or the meaning of the settings changes.
 TABLE_CACHE_FORMAT = 1
@@ -55,18 +53,9 @@ def load_or_build_table(
     folder = root / name / key
     if (folder / "meta.json").is_file():
         return _open(folder, built=False)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(folder) + ".lock")
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        print(f"{name}: another process is building the table cache {folder}; waiting for it", file=sys.stderr)
-        lock.acquire()
-    try:
+    with build_lock(folder, f"{name}: another process is building the table cache {folder}; waiting for it"):
         if (folder / "meta.json").is_file():  # built by the process we waited for
             return _open(folder, built=False)
-        for stale in folder.parent.glob(f".{key}.partial-*"):  # left by a crashed build; we hold the lock
-            shutil.rmtree(stale, ignore_errors=True)
         rows, dropped = build()
         stage = Path(tempfile.mkdtemp(prefix=f".{key}.partial-", dir=folder.parent))
         try:
@@ -79,8 +68,6 @@ def load_or_build_table(
             shutil.rmtree(stage, ignore_errors=True)
             raise
         return _open(folder, built=True)
-    finally:
-        lock.release()
 
 
 def _open(folder: Path, built: bool) -> CachedTable:

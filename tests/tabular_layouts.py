@@ -205,3 +205,33 @@ def write_bank(root: Path, n: int = 180, seed: int = 0, subfolder: bool = False)
         for r in rows:
             w.writerow([r[k] for k in BANK_HEADER])
     return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------- editing copies, checking errors
+def rewrite_csv(path: Path, fn, sep: str = ",") -> None:
+    """Rewrite a CSV through `fn(DataFrame of strings) -> DataFrame` (unique column names only)."""
+    df = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False)
+    fn(df).to_csv(path, sep=sep, index=False)
+
+
+def set_cell(column: str, value: str, row: int):
+    """An edit for `rewrite_csv`: one cell replaced."""
+    def fn(df):
+        df.loc[row, column] = value
+        return df
+    return fn
+
+
+def assert_one_line_error(load, check_argv: list[str], expected: str, capsys) -> None:
+    """`load()` raises one DatasetError line containing `expected`; `noharm <check_argv>` exits 2 printing it."""
+    import pytest
+
+    from bench.cli import main
+    from datasets import DatasetError
+
+    with pytest.raises(DatasetError) as err:
+        load()
+    assert expected in str(err.value) and "\n" not in str(err.value)
+    assert main(check_argv) == 2
+    err_out = capsys.readouterr().err
+    assert expected in err_out and err_out.count("\n") == 1

@@ -133,16 +133,11 @@ def test_check_prints_counts_and_the_cache(fixture, tmp_path, capsys):
     assert f"note: table cache built: {tmp_path / 'c' / 'acs-income'}" in out
 
 
-def rewrite(path: Path, fn) -> None:
-    df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    fn(df).to_csv(path, index=False)
+rewrite = T.rewrite_csv
 
 
 def put(column, value, row=4):
-    def fn(df):
-        df.loc[row, column] = value
-        return df
-    return fn
+    return T.set_cell(column, value, row)
 
 
 @pytest.mark.parametrize(
@@ -168,13 +163,9 @@ def test_bad_input_is_one_clear_line(fixture, tmp_path, capsys, edit, options, m
     root = tmp_path / "acs"
     shutil.copytree(fixture[0], root)
     edit(root)
-    expected = message.format(root=root)
-    with pytest.raises(DatasetError) as err:
-        load(root, tmp_path, **options)
-    assert expected in str(err.value) and "\n" not in str(err.value)
     argv = ["datasets", "check", "acs-income", "--root", str(root), "--cache-dir", str(tmp_path / "c")]
     argv += [f"--option={k}={v}" for k, v in options.items()]
-    assert main(argv) == 2 and expected in capsys.readouterr().err
+    T.assert_one_line_error(lambda: load(root, tmp_path, **options), argv, message.format(root=root), capsys)
     assert not list((tmp_path / "c").glob("acs-income/*/meta.json"))  # nothing half-written looks complete
 
 
@@ -191,3 +182,35 @@ def test_bad_options(options, message):
     with pytest.raises(DatasetError) as err:
         get_dataset("acs-income", root="/tmp", **options)
     assert message in str(err.value)
+
+
+def test_table_cache_builds_once_under_concurrency_and_clears_stale_builds(tmp_path):
+    import threading
+    import time
+
+    from datasets.table_cache import load_or_build_table
+
+    source = tmp_path / "src.csv"
+    source.write_text("a\n1\n")
+    calls = []
+
+    def build():
+        calls.append(1)
+        time.sleep(0.5)  # long enough for the other thread to find the lock taken
+        return pd.DataFrame({"a": [1, 2, 3]}), {"rule": 4}
+
+    out = []
+    threads = [threading.Thread(target=lambda: out.append(
+        load_or_build_table([source], {"v": 1}, build, "t", tmp_path / "c"))) for _ in range(2)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert len(calls) == 1 and sorted(r.built for r in out) == [False, True]
+    assert all(r.rows["a"].tolist() == [1, 2, 3] and r.dropped == {"rule": 4} for r in out)
+    # A partial folder left by a killed build of that key is removed by the next build.
+    key = out[0].folder.name
+    shutil.rmtree(out[0].folder)
+    (stale := out[0].folder.parent / f".{key}.partial-killed").mkdir()
+    again = load_or_build_table([source], {"v": 1}, build, "t", tmp_path / "c")
+    assert again.built and not stale.exists() and len(calls) == 2

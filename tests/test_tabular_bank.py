@@ -74,15 +74,11 @@ def test_unzipped_folder_layout_and_check(tmp_path, capsys):
 
 
 def rewrite(path: Path, fn) -> None:
-    df = pd.read_csv(path, sep=";", dtype=str, keep_default_na=False)
-    fn(df).to_csv(path, sep=";", index=False)
+    T.rewrite_csv(path, fn, sep=";")
 
 
 def put(column, value, row=2):
-    def fn(df):
-        df.loc[row, column] = value
-        return df
-    return fn
+    return T.set_cell(column, value, row)
 
 
 @pytest.mark.parametrize(
@@ -108,12 +104,8 @@ def test_bad_input_is_one_clear_line(fixture, tmp_path, capsys, edit, message):
     root = tmp_path / "bank"
     shutil.copytree(fixture[0], root)
     edit(root)
-    expected = message.format(root=root)
-    with pytest.raises(DatasetError) as err:
-        get_dataset("bank", root=str(root)).load(0)
-    assert expected in str(err.value) and "\n" not in str(err.value)
-    assert main(["datasets", "check", "bank", "--root", str(root)]) == 2
-    assert expected in capsys.readouterr().err
+    T.assert_one_line_error(lambda: get_dataset("bank", root=str(root)).load(0),
+                            ["datasets", "check", "bank", "--root", str(root)], message.format(root=root), capsys)
 
 
 def test_bad_option():

@@ -155,11 +155,8 @@ def set_value(name, value, row=3):
 def test_bad_input_is_one_clear_line(fixture, tmp_path, capsys, edit, message):
     root = copy(fixture, tmp_path)
     edit(root)
-    with pytest.raises(DatasetError) as err:
-        get_dataset("compas", root=str(root)).load(0)
-    assert message.format(root=root) in str(err.value) and "\n" not in str(err.value)
-    code = main(["datasets", "check", "compas", "--root", str(root)])
-    assert code == 2 and message.format(root=root) in capsys.readouterr().err
+    T.assert_one_line_error(lambda: get_dataset("compas", root=str(root)).load(0),
+                            ["datasets", "check", "compas", "--root", str(root)], message.format(root=root), capsys)
 
 
 def test_bad_option_and_missing_root(capsys):
