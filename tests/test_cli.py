@@ -42,7 +42,7 @@ def test_trial_prints_table_and_writes_outputs(tmp_path, capsys):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--dataset", "nope"], "unknown dataset 'nope'; choose one of: adult, "),
+        (["--dataset", "nope"], "unknown dataset 'nope'; choose one of: acs-income, adult, "),
         (["--dataset", "adult", "--attribute", "height"], "unknown attribute 'height'; choose one of: sex, race, race5, age"),
         (["--dataset", "adult", "--target", "age"], "unknown target 'age' for dataset 'adult'; choose one of: income"),
         (["--method", "magic"], "unknown method 'magic'; choose one of:"),
