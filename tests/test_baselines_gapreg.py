@@ -114,3 +114,21 @@ def test_reduces_the_probability_gap_against_erm():
     erm, fair = dp_gap("erm", {}), dp_gap("gapreg", {"gap_weight": 5.0})
     assert erm > 0.4  # the labels' own gap is 0.6: ERM follows it
     assert fair < 0.5 * erm
+
+
+@pytest.mark.parametrize("fairness, cells", [("dp", "group"), ("eodds", "group_label")])
+def test_batches_are_balanced_like_fair_mixups(fairness, cells):
+    """fair-mixup draws as many rows per group (per group x label for EO); `batches=shuffled` keeps ERM's order."""
+    task = biased_task(n=3000)
+    task.group[task.group == 1] = np.where(np.random.default_rng(1).random((task.group == 1).sum()) < 0.3, 1, 0)
+    method = get_method("gapreg")({"fairness": fairness})
+    method.setup(task, FitContext())
+    rows = method.train_indices(task, 0, torch.Generator().manual_seed(0))
+    assert len(rows) == len(task.indices("train")) and np.isin(rows, task.indices("train")).all()
+    key = task.group[rows] if cells == "group" else task.group[rows] * 2 + task.y[rows]
+    shares = np.bincount(key) / len(rows)
+    np.testing.assert_allclose(shares, 1 / len(shares), atol=0.04)
+    shuffled = get_method("gapreg")({"fairness": fairness, "batches": "shuffled"})
+    shuffled.setup(task, FitContext())
+    order = shuffled.train_indices(task, 0, torch.Generator().manual_seed(0))
+    assert np.array_equal(np.sort(order), task.indices("train"))
