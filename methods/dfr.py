@@ -145,8 +145,9 @@ class DFR(Provenance, TorchMethod):
         rows = balanced_subset(fit_rows, self.cells(task, fit_rows), np.random.default_rng(ctx.seed))
         if len(np.unique(task.y[rows])) < 2:
             return self.hp["l1_C"]  # nothing to tune on; the refit below says so if it fails too
-        scaler = StandardScaler().fit(self.features(predictor, rows))
-        x_fit = scaler.transform(self.features(predictor, rows))
+        x_fit = self.features(predictor, rows)
+        scaler = StandardScaler().fit(x_fit)  # the reference scales the tuning fits on their own rows
+        x_fit = scaler.transform(x_fit)
         x_eval = scaler.transform(self.features(predictor, eval_rows))
         eval_cells = self.cells(task, eval_rows)
         scores = []
