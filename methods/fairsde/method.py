@@ -29,6 +29,7 @@ from methods.batches import Batch
 from methods.decoupled import GroupHeads
 from methods.fairsde import losses as L
 from methods.hparams import Choice, Float, HparamError, LogFloat
+from methods.provenance import Provenance
 from methods.training import TRAINING_HPARAMS, TorchMethod, TorchPredictor, autocast, train
 
 # Names of the loss weights, in the order of the objective.
@@ -91,7 +92,7 @@ class FairSDEPredictor(TorchPredictor):
 
 
 @register_method("fairsde")
-class FairSDE(TorchMethod):
+class FairSDE(Provenance, TorchMethod):
     """Selective demographic experts: group heads on a group-aware representation, with virtual centres."""
 
     description = "FairSDE: shared backbone, per-group heads and virtual centres, group-encoding discriminator"
@@ -118,6 +119,15 @@ class FairSDE(TorchMethod):
         # "reference": the authors' L_div ratio; "infonce": the fairsde-nce variant (see losses.py).
         "div_form": Choice("reference", choices=L.DIVERSITY_FORMS, search=False),
     }
+    reference = "Carco-git/FairSDE train.py and model.py (argparse defaults); docs/fairsde.md"
+    departures = (
+        "budget: the suite's epochs and batch size (authors: 50 epochs, batch 256), the same for ERM",
+        "L_div without an other-group same-class row in the batch drops its negative term (authors: batch row 0)",
+        "the ERM reference is trained and searched like any method (authors: a checkpoint path that is never "
+        "formatted, so their ERM stays random)",
+        "greedy selection gives ties to ERM (authors: to the expert); the accuracy IP is exact (authors: a "
+        "relaxation plus rounding)",
+    )
     candidates = ("experts", "centers", "routed")
     expert_candidate = "experts"
     # Ablation variants name the loss weight they hold at 0.
@@ -227,6 +237,7 @@ class FairSDENCE(FairSDE):
     """
 
     description = "FairSDE variant (not the authors'): diversity loss in InfoNCE form, positives in the denominator"
+    departures = (*FairSDE.departures, "L_div in InfoNCE form, -log(num / (num + den)): not the authors' loss")
     hparams = {**FairSDE.hparams, "div_form": Choice("infonce", choices=L.DIVERSITY_FORMS, search=False)}
 
 
