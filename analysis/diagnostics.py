@@ -54,10 +54,25 @@ def between_class_cosine(features: np.ndarray, y: np.ndarray, max_rows: int = 20
     return float(sim[different].mean())
 
 
+def feature_rows(groups: np.ndarray, n_groups: int, per_group: int = 2000) -> np.ndarray:
+    """Sorted positions of at most `per_group` rows of each group: the rows whose features the cosine reads."""
+    groups = np.asarray(groups)
+    parts = [np.flatnonzero(groups == g)[:per_group] for g in range(n_groups)]
+    return np.sort(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
+
+
 def expert_diagnostics(y: np.ndarray, proba: np.ndarray, groups: np.ndarray, group_names: Sequence[str],
-                       candidate: str, features: np.ndarray | None = None) -> dict[str, float]:
-    """Per-group failure signatures of one candidate on validation rows: flat `diag/...` metrics."""
+                       candidate: str, features: np.ndarray | None = None,
+                       rows_of_features: np.ndarray | None = None) -> dict[str, float]:
+    """Per-group failure signatures of one candidate on validation rows: flat `diag/...` metrics.
+
+    `features` are the representation of the rows at positions `rows_of_features` (default: every row);
+    `feature_rows` picks a bounded subset, so a large validation set needs no full extra pass.
+    """
     y, groups = np.asarray(y), np.asarray(groups)
+    if features is not None and rows_of_features is None:
+        rows_of_features = np.arange(len(y))
+    feature_group = groups[rows_of_features] if features is not None else None
     pred = np.asarray(proba).argmax(axis=1)
     out: dict[str, float] = {}
     flagged = 0
@@ -75,7 +90,8 @@ def expert_diagnostics(y: np.ndarray, proba: np.ndarray, groups: np.ndarray, gro
         two_classes = len(np.unique(y[rows])) > 1
         bad = two_classes and share >= SINGLE_CLASS_SHARE
         if features is not None:
-            cos = between_class_cosine(features[rows], y[rows])
+            mine = feature_group == g
+            cos = between_class_cosine(features[mine], y[rows_of_features][mine])
             out[key.format("between_class_cosine")] = cos
             bad = bad or (not math.isnan(cos) and cos >= COLLAPSED_COSINE)
         flagged += int(bad)

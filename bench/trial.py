@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 
 from analysis import predictions as P
-from analysis.diagnostics import expert_diagnostics, warnings_text
+from analysis.diagnostics import expert_diagnostics, feature_rows, warnings_text
 from analysis.metrics import evaluate
 from bench.errors import ConfigError
 from bench.objectives import canonical, make_objective
@@ -215,10 +215,11 @@ def expert_diagnostics_of(method_cls, predictor, task: TaskData, preds: pd.DataF
     val = preds[preds["split"] == "val"]
     if val.empty:
         return {}
-    val_idx = task.indices("val")
-    features = predictor.features(task, val_idx)
-    return expert_diagnostics(val["y"].to_numpy(), P.proba(val, candidate), val["group_id"].to_numpy(),
-                              list(group_names), candidate, features)
+    group_id = val["group_id"].to_numpy()
+    sample = feature_rows(group_id, len(group_names))  # a bounded subset: no full extra pass on large sets
+    features = predictor.features(task, task.indices("val")[sample])
+    return expert_diagnostics(val["y"].to_numpy(), P.proba(val, candidate), group_id, list(group_names), candidate,
+                              features, sample)
 
 
 def erm_reference(cfg: TrialConfig, device: str, log: Callable[[str], None]) -> pd.DataFrame:
