@@ -501,6 +501,22 @@ def ablation(col: Collection, protocol: Protocol = Protocol(), summary: pd.DataF
 NO_SELECTION = "no selection (experts)"
 
 
+def experts_taken(tidy: pd.DataFrame) -> pd.DataFrame:
+    """Per (task, strategy): (run, group) choices of the compose runs that kept the expert, and all choices."""
+    u = tidy[(tidy["split"] == "selection") & (tidy["metric"] == "use_expert") & ~tidy["group"].isin(AGGREGATES)]
+    cols = [*TASK, "strategy", "experts_taken", "choices"]
+    if u.empty:
+        return pd.DataFrame(columns=cols)
+    out = u.groupby([*TASK, "strategy"], sort=True)["value"].agg(experts_taken="sum", choices="count")
+    return out.reset_index()[cols]
+
+
+def _taken(taken: pd.DataFrame, task: tuple, row: str) -> dict[str, int]:
+    hit = _task_frame(taken, task)
+    hit = hit[hit["strategy"] == row]
+    return {"experts_taken": int(hit["experts_taken"].sum()), "choices": int(hit["choices"].sum())}
+
+
 def _flagged(signatures: pd.DataFrame, task: tuple, rows: pd.DataFrame, row: str) -> dict[str, int]:
     """Flagged / total runs of the wrapped methods' experts (only the no-selection row shows them)."""
     if row != NO_SELECTION or signatures.empty:
@@ -549,6 +565,7 @@ def selection(col: Collection, protocol: Protocol = Protocol(), summary: pd.Data
     row_order = ["erm (reference)", NO_SELECTION, *strategies]
     tasks = iter_tasks(rows_src)
     signatures = expert_signatures(col.tidy)
+    taken = experts_taken(col.tidy)
     records = []
     for task in tasks:
         rs, cs = _task_frame(rows_src, task), _task_frame(cnt, task)
@@ -565,7 +582,7 @@ def selection(col: Collection, protocol: Protocol = Protocol(), summary: pd.Data
                             "acc_worst": float(worst["mean"].mean()) if len(worst) else math.nan,
                             "groups_below_erm_per_run": float(c["below"].mean()) if len(c) else math.nan,
                             "harmed_pairs": int(grp["harmed"].sum()), "pairs": int(len(grp)),
-                            **_flagged(signatures, task, r, row)})
+                            **_flagged(signatures, task, r, row), **_taken(taken, task, row)})
     data = pd.DataFrame(records)
     titles = [task_title(*t) for t in tasks]
     blocks = []
@@ -574,6 +591,8 @@ def selection(col: Collection, protocol: Protocol = Protocol(), summary: pd.Data
                                       ("groups_below_erm_per_run", "Groups below ERM per run (test accuracy)", 2,
                                        True),
                                       ("harmed_pairs", "Harmed with confidence ((method, group) pairs)", 0, True),
+                                      ("experts_taken", "Experts taken ((run, group) choices where the selector "
+                                                        "kept the expert)", 0, False),
                                       ("flagged_runs", "Flagged experts (runs with a group at one class or "
                                                        "collapsed, on validation)", 0, True)):
         rows = []
@@ -586,6 +605,9 @@ def selection(col: Collection, protocol: Protocol = Protocol(), summary: pd.Data
                     line.append(Cell("–"))
                 elif key == "harmed_pairs":
                     line.append(Cell(f"{int(hit.iloc[0]['harmed_pairs'])}/{int(hit.iloc[0]['pairs'])}"))
+                elif key == "experts_taken":
+                    n = int(hit.iloc[0]["choices"])
+                    line.append(Cell("–" if n == 0 else f"{int(hit.iloc[0]['experts_taken'])}/{n}"))
                 elif key == "flagged_runs":
                     runs = hit.iloc[0]["signature_runs"]
                     line.append(Cell("–" if runs == 0 else f"{int(hit.iloc[0]['flagged_runs'])}/{int(runs)}"))

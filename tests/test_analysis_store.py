@@ -362,3 +362,15 @@ def test_expert_signatures_and_reference_recipe(analysis_collection):
         assert (dataset, "erm") not in sig.index and (dataset, "fairsde [centers]") not in sig.index
     text = reference_text(analysis_collection)
     assert "pooled ERM" in text and "adult (income) · groups by sex: lr 0.001" in text
+
+
+def test_experts_taken_counts_every_compose_choice(analysis_collection):
+    from analysis.tables import experts_taken
+
+    taken = experts_taken(analysis_collection.tidy).set_index(["dataset", "strategy"])
+    for dataset, _, _, groups in TASKS:
+        for strategy in STRATEGIES:
+            # build_store: every compose run keeps the expert for its first group only.
+            n_runs = len(COMPOSED) * len(SEEDS)
+            assert (taken.loc[(dataset, strategy), "experts_taken"], taken.loc[(dataset, strategy), "choices"]) == \
+                (n_runs, n_runs * len(groups))
