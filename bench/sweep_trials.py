@@ -64,8 +64,19 @@ def base_tags(spec: dict[str, Any], context: dict[str, Any]) -> dict[str, Any]:
     tags = {f"{TAG}{k}": v for k, v in spec.get("tags", {}).items()}
     tags.update({f"{TAG}suite": context["suite"], f"{TAG}stage": spec["stage"], f"{TAG}key": spec["key"],
                  f"{TAG}git_commit": context["git_commit"], f"{TAG}invocation": context["invocation"],
-                 f"{TAG}code_version": context["code_version"], f"{TAG}cell": spec.get("cell", "")})
+                 f"{TAG}code_version": context["code_version"], f"{TAG}cell": spec.get("cell", ""),
+                 f"{TAG}node": ray_node()})
     return tags
+
+
+def ray_node() -> str:
+    """The id of the Ray node running this trial ("" outside Ray): which machine ran a run, or died under it."""
+    import sys
+
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return ""
+    return ray.get_runtime_context().get_node_id()
 
 
 def trial_params(cfg) -> dict[str, Any]:
