@@ -1,8 +1,10 @@
 """`noharm run`: a suite through Ray Tune (Optuna search, evaluation on every seed, selector composition) into MLflow.
 
 The flow:
-1. load and validate the suite; check every dataset's files (fail in a second on a wrong --data-root);
-2. open the MLflow experiment (creating the store in the driver, before any trial);
+1. load and validate the suite; check every dataset's files (fail in a second on a wrong --data-root),
+   the tracking store and the Ray address (`bench.sweep_preflight`), before anything is created;
+2. take the driver's lease (`bench.sweep_lease`: a second driver is refused) and open the MLflow
+   experiment (creating the store in the driver, before any trial);
 3. end runs a killed driver left RUNNING; read what is already FINISHED;
 4. one Tuner whose searcher (`bench.sweep_searcher`) proposes search, evaluate and compose trials,
    skipping every key already FINISHED, while `bench.progress` prints one status line;
@@ -100,6 +102,23 @@ def ray_temp_dir(out: Path) -> Path:
     if len(str(inside)) <= MAX_RAY_TMP_LEN and str(inside).isascii():
         return inside
     return Path(tempfile.gettempdir()) / f"noharm-ray-{uuid.uuid5(uuid.NAMESPACE_URL, str(inside)).hex[:10]}"
+
+
+def searcher_from_store(suite: Suite, tracker: Tracker, invocation: str):
+    """A searcher rebuilt from what MLflow holds after a sweep, with this invocation's FAILED runs as failures."""
+    from bench.keys import CODE_VERSION
+    from bench.sweep_searcher import Failure, SweepSearcher, prior_search_results
+    from bench.tracking import TAG
+
+    finished = tracker.finished_index(suite.name)
+    prior = prior_search_results([r for (stage, _), r in finished.items() if stage == "search"], suite, CODE_VERSION)
+    searcher = SweepSearcher(suite, finished, prior)
+    failed = tracker.runs(suite=suite.name, status="FAILED", extra=f"tags.`{TAG}invocation` = '{invocation}'")
+    searcher.failures.extend(Failure(r.data.tags.get(f"{TAG}stage", ""), r.info.run_name or r.info.run_id,
+                                     r.data.tags.get(f"{TAG}error", "")) for r in failed)
+    for r in failed:
+        searcher.counts[r.data.tags.get(f"{TAG}stage", "evaluate")].failed += 1
+    return searcher
 
 
 def tune_storage(out: Path, ray_tmp: Path | None) -> Path:
@@ -202,6 +221,7 @@ def _run_locked(suite: Suite, out: Path, tracker: Tracker, exp_name: str, addres
                 + (f"; {stale} interrupted runs marked KILLED" if stale else ""))
 
     invocation = uuid.uuid4().hex[:12]
+    client = bool(address and address.startswith("ray://"))
     context = {"uri": uri, "experiment_id": tracker.experiment_id, "suite": suite.name,
                "invocation": invocation, "git_commit": git_commit(), "code_version": CODE_VERSION,
                "retries": suite.retries, "device": device}
@@ -228,8 +248,14 @@ def _run_locked(suite: Suite, out: Path, tracker: Tracker, exp_name: str, addres
             )
             tuner.fit()
             progress.finish()
-        # Runs still RUNNING now lost their worker (FAILED), or were stopped by Ctrl-C (KILLED).
-        tracker.close_invocation(suite.name, invocation, status="FAILED" if searcher.is_done() else "KILLED")
+        if client:
+            # Under Ray Client, Tune runs the Tuner, and so this searcher, on the cluster: the local copy
+            # saw nothing. The Tuner returned, so runs still RUNNING lost their worker; MLflow holds the rest.
+            tracker.close_invocation(suite.name, invocation, status="FAILED")
+            searcher = searcher_from_store(suite, tracker, invocation)
+        else:
+            # Runs still RUNNING now lost their worker (FAILED), or were stopped by Ctrl-C (KILLED).
+            tracker.close_invocation(suite.name, invocation, status="FAILED" if searcher.is_done() else "KILLED")
     finally:
         if started:
             import ray
@@ -248,6 +274,8 @@ def _run_locked(suite: Suite, out: Path, tracker: Tracker, exp_name: str, addres
     table = comparison(tracker.frame(suite.name))
     if not table.empty:
         table.to_csv(out / "summary.csv", index=False)
+    # A rebuilt searcher (Ray Client) counts a failed search trial as not done: that is a failure, not Ctrl-C.
+    interrupted = not searcher.is_done() and not (client and searcher.failures)
     return SweepOutcome(out=out, tracking_uri=uri, experiment=exp_name, experiment_id=tracker.experiment_id,
                         counts=searcher.counts, failures=list(searcher.failures),
-                        elapsed=time.monotonic() - t0, table=table, interrupted=not searcher.is_done())
+                        elapsed=time.monotonic() - t0, table=table, interrupted=interrupted)

@@ -17,7 +17,6 @@ for 60 s and more); a TCP connect with a deadline says the same in seconds.
 
 from __future__ import annotations
 
-import os
 import socket
 from pathlib import Path
 

@@ -2,7 +2,7 @@
 
 One Tuner runs the whole suite. This searcher hands Tune the next trial spec:
 
-1. search: per searched cell (dataset, attribute, method), an `OptunaSearch`
+1. search: per searched cell (dataset, attribute, method), Optuna's TPE sampler
    over the method's declared space proposes settings, run on the search seed;
 2. evaluate: once a cell's search has used its budget, its best settings run on
    every seed (on the search seed the best search run is copied, not retrained);

@@ -1,5 +1,6 @@
-"""`noharm run --address --tracking-uri`: a small suite on a Ray head node and an MLflow server that this
-test starts on 127.0.0.1 (and stops): the cluster set-up the README describes, on one machine."""
+"""`noharm run --address --tracking-uri` on one machine: a small suite through Ray Client (`ray://`) on a head
+node and an MLflow server that the test starts on 127.0.0.1 (and stops), the cluster set-up the README
+describes; and a worker node lost mid-sweep on Ray's own test cluster (`ray.cluster_utils.Cluster`)."""
 
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ def test_suite_runs_on_a_head_node_with_an_mlflow_server(tmp_path_factory, tmp_p
     site = install_testkit(tmp_path_factory.getbasetemp() / "sweep-testkit")
     mark = uuid.uuid4().hex
     env = marked_env(env_with_site(site), mark)
-    port = free_port()
+    port, client_port = free_port(), free_port()
     temp = Path(tempfile.mkdtemp(prefix="nh-head-", dir="/tmp"))  # short: Ray's socket paths live here
     suite = write_suite(tmp_path / "cluster.yaml", name="cluster", seeds=[0, 1], methods=["tiny-erm", "group-models"],
                         datasets=[{"name": "tiny-blobs", "attributes": ["side"]}],
@@ -50,14 +51,15 @@ def test_suite_runs_on_a_head_node_with_an_mlflow_server(tmp_path_factory, tmp_p
         server, url, store = start_mlflow_server(tmp_path, env)
         head = subprocess.run(
             [RAY, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
-             f"--temp-dir={temp}", "--include-dashboard=false", "--disable-usage-stats"],
+             f"--ray-client-server-port={client_port}", f"--temp-dir={temp}", "--include-dashboard=false",
+             "--disable-usage-stats"],
             env=env, capture_output=True, text=True, timeout=120,
         )
         assert head.returncode == 0, head.stderr[-2000:]
         wait_healthy(url, server)
         run = subprocess.run(
-            [sys.executable, "-m", "bench.cli", "run", str(suite), "--out", str(out), "--address", f"127.0.0.1:{port}",
-             "--tracking-uri", url],
+            [sys.executable, "-m", "bench.cli", "run", str(suite), "--out", str(out),
+             "--address", f"ray://127.0.0.1:{client_port}", "--tracking-uri", url],
             env=env, capture_output=True, text=True, timeout=240,
         )
         assert run.returncode == 0, run.stderr[-3000:]
@@ -105,6 +107,15 @@ def running_on(client, experiment: str, node_id: str) -> bool:
     return any(r.data.tags.get("noharm.node") == node_id for r in runs)
 
 
+def wait_running_on(client, experiment: str, node_id: str, driver: subprocess.Popen, timeout: float = 180) -> None:
+    """Wait until a trial of the sweep runs on node `node_id` (assert the driver is still going)."""
+    deadline = time.monotonic() + timeout
+    while not running_on(client, experiment, node_id):
+        assert driver.poll() is None, f"the sweep ended before a trial ran on node {node_id}: {driver.stderr.read()}"
+        assert time.monotonic() < deadline, f"no trial ran on node {node_id} in {timeout} s"
+        time.sleep(0.2)
+
+
 def test_a_lost_worker_node_is_survived_and_a_new_node_gets_work(tmp_path_factory, tmp_path, monkeypatch):
     """Ray's own test cluster: a head (no CPUs) and two 1-CPU worker nodes, an MLflow server, `noharm run
     --address`. One worker node is removed while a trial runs on it and a fresh node is added: Tune's
@@ -122,9 +133,9 @@ def test_a_lost_worker_node_is_survived_and_a_new_node_gets_work(tmp_path_factor
     monkeypatch.setenv("RAY_TMPDIR", str(temp))  # the cluster's address file goes here, not to /tmp/ray
     suite = write_suite(tmp_path / "nodes.yaml", name="nodes", seeds=[0, 1, 2], methods=["erm", "group-models"],
                         datasets=[{"name": "adult", "attributes": ["sex"]}], hparams={"epochs": 1},
-                        selectors=["greedy"], max_concurrent=2, retries=1)
+                        selectors=["greedy"], max_concurrent=3, retries=1)
     server, url, store = start_mlflow_server(tmp_path, env)
-    cluster = driver = None
+    cluster = driver = second = None
     try:
         # Dead nodes are noticed in about a second instead of Ray's default 15 s.
         cluster = Cluster(initialize_head=True, shutdown_at_exit=False, head_node_args={
@@ -137,18 +148,19 @@ def test_a_lost_worker_node_is_survived_and_a_new_node_gets_work(tmp_path_factor
                "--address", cluster.address, "--tracking-uri", url, "--quiet"]
         driver = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         client = MlflowClient(url)
-        deadline = time.monotonic() + 180
-        while not running_on(client, "nodes", lost.node_id):
-            assert driver.poll() is None, f"the sweep ended before a trial ran on the doomed node: {driver.stderr.read()}"
-            assert time.monotonic() < deadline, "no trial ever ran on the first worker node"
-            time.sleep(0.2)
-        second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
-        cluster.remove_node(lost, allow_graceful=False)
+        wait_running_on(client, "nodes", lost.node_id, driver)
+        # A second driver, started while the first holds the lease: refused (it runs alongside).
+        second = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        # A node joins mid-sweep: the suite allows 3 trials at once and 2 nodes were up, so it takes work.
         added = cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
+        wait_running_on(client, "nodes", lost.node_id, driver)
+        cluster.remove_node(lost, allow_graceful=False)
+        second_out, second_err = second.communicate(timeout=120)
         stdout, stderr = driver.communicate(timeout=300)
     finally:
-        if driver is not None and driver.poll() is None:
-            driver.kill()
+        for proc in (driver, second):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
         if cluster is not None:
             cluster.shutdown()
         server.terminate()
@@ -158,8 +170,8 @@ def test_a_lost_worker_node_is_survived_and_a_new_node_gets_work(tmp_path_factor
     assert not marked_pids(mark)
     assert driver.returncode == 0, stderr[-3000:]
     assert "erm + greedy" not in stdout and "group-models + greedy" in stdout
-    assert second.returncode == 2 and "is already being run by another driver" in second.stderr
-    assert "lease tag 'noharm.lease.nodes'" in second.stderr and second.stderr.count("\n") == 1
+    assert second.returncode == 2 and "is already being run by another driver" in second_err, second_err[-2000:]
+    assert "lease tag 'noharm.lease.nodes'" in second_err and second_err.count("\n") == 1
 
     with sqlite3.connect(store) as con:
         rows = con.execute("""
@@ -179,5 +191,5 @@ def test_a_lost_worker_node_is_survived_and_a_new_node_gets_work(tmp_path_factor
         assert finished[stage_key] == 1
         assert any(node != lost.node_id for s, k, node, status in rows if (s, k) == stage_key and status == "FINISHED")
     assert any(node == added.node_id and status == "FINISHED" for *_, node, status in rows), \
-        "the node added mid-sweep got no work"
+        f"the node added mid-sweep ({added.node_id}, lost {lost.node_id}) got no work: {rows}"
     assert lease_left == 0  # the driver gave its lease back

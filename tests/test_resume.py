@@ -33,6 +33,17 @@ def finished_count(db) -> int:
         return 0
 
 
+def wait_until_finished(db, n: int, driver: subprocess.Popen, timeout: float = 150, poll: float = 0.1) -> None:
+    """Wait until the store holds `n` FINISHED runs while `driver` still runs (assert it did not end first)."""
+    deadline = time.monotonic() + timeout
+    while finished_count(db) < n and driver.poll() is None and time.monotonic() < deadline:
+        time.sleep(poll)
+    if driver.poll() is not None:
+        err = driver.stderr.read()[-2000:] if driver.stderr else ""
+        raise AssertionError(f"the sweep ended before {n} runs FINISHED: {err}")
+    assert finished_count(db) >= n, f"fewer than {n} runs FINISHED in {timeout} s"
+
+
 def test_resume_after_sigkill_completes_grid_exactly_once(tmp_path_factory, tmp_path):
     site = install_testkit(tmp_path_factory.getbasetemp() / "sweep-testkit")
     mark = uuid.uuid4().hex
@@ -50,10 +61,7 @@ def test_resume_after_sigkill_completes_grid_exactly_once(tmp_path_factory, tmp_
     expected = {"search": 6, "evaluate": 18, "compose": 6}
     try:
         first = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + 150
-        while finished_count(db) < 8 and first.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert first.poll() is None, f"the sweep ended before it could be killed: {first.stderr.read()[-2000:]}"
+        wait_until_finished(db, 8, first)
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=30)
         first.stderr.close()
@@ -132,10 +140,7 @@ def test_killed_during_search_and_resumed_equals_a_clean_sweep(tmp_path_factory,
         first = subprocess.Popen(cmd + [str(resumed_out)], env=env, stdout=subprocess.DEVNULL,
                                  stderr=subprocess.DEVNULL)
         db = resumed_out / "mlflow.db"
-        deadline = time.monotonic() + 150
-        while finished_count(db) < 2 and first.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert first.poll() is None, "the sweep ended before it could be killed"
+        wait_until_finished(db, 2, first, poll=0.05)
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=30)
         with sqlite3.connect(db) as con:

@@ -11,12 +11,11 @@ import threading
 import time
 import uuid
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
 from tests.plugins import env_with_site, install_testkit, marked_env, marked_pids, stop_marked, write_suite
-from tests.test_resume import STAGE_SQL, finished_count
+from tests.test_resume import STAGE_SQL, wait_until_finished
 
 
 @pytest.fixture(scope="module")
@@ -135,10 +134,7 @@ def test_second_driver_is_refused_while_the_first_finishes(tmp_path_factory, tmp
     cmd = [sys.executable, "-m", "bench.cli", "run", str(suite), "--out", str(out), "--quiet"]
     try:
         first = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + 120
-        while finished_count(db) < 1 and first.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert first.poll() is None, f"the first driver ended too early: {first.stderr.read()[-2000:]}"
+        wait_until_finished(db, 1, first)
         t0 = time.monotonic()
         second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
         refused_in = time.monotonic() - t0
