@@ -228,6 +228,7 @@ def test_failing_plugin_method_is_recorded_and_the_rest_finishes(ray_session, tm
     assert not any(m == "always-fails" and s == "compose" for m, s, _ in status)
     failed = next(r for r in runs if r.info.status == "FAILED")
     assert failed.data.tags["noharm.error"] == "RuntimeError: always-fails: this test method fails on purpose"
+    assert failed.data.tags["noharm.attempts"] == "2"  # the first try and `retries: 1`
     with tempfile.TemporaryDirectory() as tmp:
         text = tracker.download(failed.info.run_id, "traceback.txt", tmp).read_text()
     assert "attempt 1 of 2" in text and "attempt 2 of 2" in text and "fails on purpose" in text

@@ -7,6 +7,7 @@ one for `noharm trial` (the same range declarations, checked by the trial), plus
 from __future__ import annotations
 
 import socket
+import sys
 import time
 from pathlib import Path
 
@@ -106,6 +107,14 @@ def test_address_auto_follows_a_dead_ray_address(tmp_path, capsys, monkeypatch):
                                   "--address", "auto"], capsys)
     assert code == 2 and f"no Ray cluster answers at 127.0.0.1:{port}" in err
     assert seconds < 15 and not (tmp_path / "out").exists()
+
+
+def test_ray_client_address_without_ray_client_installed(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "grpc", None)  # what an install without `ray[client]` looks like
+    code, err, _ = run_cli(["run", str(suite_file(tmp_path)), "--out", str(tmp_path / "out"),
+                            "--address", "ray://127.0.0.1:10001"], capsys)
+    assert code == 2 and "Ray Client is not installed; pip install 'ray[client]'" in err and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
 
 
 def test_silent_address_times_out_in_seconds():
