@@ -9,7 +9,7 @@ or Ray's temp folder, so a failed start leaves nothing behind. Every check raise
 - the experiment name is not empty;
 - `--address` names a Ray cluster that answers within `timeout` seconds (`auto` needs
   a running cluster on this machine; `ray://` needs `ray[client]`);
-- an SQLite store, when it exists, is an SQLite database.
+- an SQLite store is in --out or in a folder that exists and, when it exists, is an SQLite database.
 
 Ray's own connection attempts wait minutes for a dead address (it retries the GCS
 for 60 s and more); a TCP connect with a deadline says the same in seconds.
@@ -83,11 +83,22 @@ def check_out(out: Path) -> None:
         raise ConfigError(f"--out {str(out)!r} is a file; give a folder (it is created when missing)")
 
 
+def check_store_folder(uri: str, out: Path) -> None:
+    """An SQLite store outside --out must be in a folder that exists (the sweep creates only --out)."""
+    if not uri.startswith("sqlite:///"):
+        return
+    folder = Path(uri.removeprefix("sqlite:///")).absolute().parent
+    if folder != out.absolute() and not folder.is_dir():
+        raise ConfigError(f"the folder of tracking store {uri!r} does not exist; create {str(folder)!r} or "
+                          "fix --tracking-uri")
+
+
 def preflight(uri: str, experiment: str, address: str | None, out: Path) -> None:
     """Every check above, cheapest first (see the module docstring)."""
     check_experiment(experiment)
     check_tracking_uri(uri)
     check_out(out)
+    check_store_folder(uri, out)
     check_sqlite_store(uri)
     check_tracking_server(uri)
     check_ray_address(address)

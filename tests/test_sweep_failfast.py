@@ -49,6 +49,8 @@ RUN_CASES = [
     ("experiment-empty", {}, ["--experiment", ""], "the MLflow experiment name is empty"),
     ("file-store", {}, ["--tracking-uri", "file:///{tmp}/mlruns"], "is a file store, which MLflow 3 no longer"),
     ("plain-path-store", {}, ["--tracking-uri", "{tmp}/mlruns"], "is a file store"),
+    ("store-folder-missing", {}, ["--tracking-uri", "sqlite:///{tmp}/nowhere/mlflow.db"],
+     "the folder of tracking store 'sqlite:///{tmp}/nowhere/mlflow.db' does not exist"),
     ("unknown-scheme", {}, ["--tracking-uri", "mongodb://127.0.0.1/x"], "has an unknown scheme 'mongodb:'"),
     ("dead-server", {}, ["--tracking-uri", "http://127.0.0.1:{port}"],
      "MLflow tracking server http://127.0.0.1:{port} is not reachable"),
