@@ -114,10 +114,12 @@ def searcher_from_store(suite: Suite, tracker: Tracker, invocation: str):
     prior = prior_search_results([r for (stage, _), r in finished.items() if stage == "search"], suite, CODE_VERSION)
     searcher = SweepSearcher(suite, finished, prior)
     failed = tracker.runs(suite=suite.name, status="FAILED", extra=f"tags.`{TAG}invocation` = '{invocation}'")
-    searcher.failures.extend(Failure(r.data.tags.get(f"{TAG}stage", ""), r.info.run_name or r.info.run_id,
-                                     r.data.tags.get(f"{TAG}error", "")) for r in failed)
-    for r in failed:
-        searcher.counts[r.data.tags.get(f"{TAG}stage", "evaluate")].failed += 1
+    for run in failed:
+        tags = run.data.tags
+        stage = tags.get(f"{TAG}stage", "evaluate")
+        label = f"{tags.get(f'{TAG}cell', run.info.run_name)} s{tags.get(f'{TAG}seed', '?')}"  # as the live labels
+        searcher.failures.append(Failure(stage, label, tags.get(f"{TAG}error", "")))
+        searcher.counts[stage].failed += 1
     return searcher
 
 

@@ -111,12 +111,10 @@ class Float(Number):
 
 @dataclass(frozen=True)
 class LogFloat(Float):
-    """A scale searched log-uniformly; a magnitude, so never negative (0 stays allowed, e.g. weight_decay=0,
-    unless the declaration says `gt=0`)."""
+    """A scale searched log-uniformly (its search range is positive; its valid range is what it declares)."""
 
     low: float = 1e-5
     high: float = 1.0
-    ge: float | None = 0.0
 
     def __post_init__(self) -> None:
         if not 0 < self.low <= self.high:

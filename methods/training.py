@@ -27,7 +27,7 @@ from methods.hparams import Choice, Float, Int, LogFloat, Param, Text
 TRAINING_HPARAMS: dict[str, Param] = {
     "optimizer": Choice("adam", choices=("adam", "sgd"), search=False),
     "lr": LogFloat(1e-3, low=1e-4, high=1e-1, gt=0.0),
-    "weight_decay": LogFloat(1e-4, low=1e-6, high=1e-2),
+    "weight_decay": LogFloat(1e-4, low=1e-6, high=1e-2, ge=0.0),
     "momentum": Float(0.9, low=0.0, high=0.99, search=False, ge=0.0, lt=1.0),
     "batch_size": Int(128, low=16, high=1024, search=False, ge=1),
     "epochs": Int(10, low=1, high=300, search=False, ge=1),

@@ -1,5 +1,4 @@
-"""`noharm run --address --tracking-uri` on one machine: a small suite through Ray Client (`ray://`) on a head
-node and an MLflow server that the test starts on 127.0.0.1 (and stops), the cluster set-up the README
+"""`noharm run --address --tracking-uri` on one machine: a small suite on a head node and an MLflow server that the test starts on 127.0.0.1 (and stops), the cluster set-up the README
 describes; and a worker node lost mid-sweep on Ray's own test cluster (`ray.cluster_utils.Cluster`)."""
 
 from __future__ import annotations
@@ -39,7 +38,7 @@ def test_suite_runs_on_a_head_node_with_an_mlflow_server(tmp_path_factory, tmp_p
     site = install_testkit(tmp_path_factory.getbasetemp() / "sweep-testkit")
     mark = uuid.uuid4().hex
     env = marked_env(env_with_site(site), mark)
-    port, client_port = free_port(), free_port()
+    port = free_port()
     temp = Path(tempfile.mkdtemp(prefix="nh-head-", dir="/tmp"))  # short: Ray's socket paths live here
     suite = write_suite(tmp_path / "cluster.yaml", name="cluster", seeds=[0, 1], methods=["tiny-erm", "group-models"],
                         datasets=[{"name": "tiny-blobs", "attributes": ["side"]}],
@@ -51,15 +50,14 @@ def test_suite_runs_on_a_head_node_with_an_mlflow_server(tmp_path_factory, tmp_p
         server, url, store = start_mlflow_server(tmp_path, env)
         head = subprocess.run(
             [RAY, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
-             f"--ray-client-server-port={client_port}", f"--temp-dir={temp}", "--include-dashboard=false",
-             "--disable-usage-stats"],
+             f"--temp-dir={temp}", "--include-dashboard=false", "--disable-usage-stats"],
             env=env, capture_output=True, text=True, timeout=120,
         )
         assert head.returncode == 0, head.stderr[-2000:]
         wait_healthy(url, server)
         run = subprocess.run(
-            [sys.executable, "-m", "bench.cli", "run", str(suite), "--out", str(out),
-             "--address", f"ray://127.0.0.1:{client_port}", "--tracking-uri", url],
+            [sys.executable, "-m", "bench.cli", "run", str(suite), "--out", str(out), "--address", f"127.0.0.1:{port}",
+             "--tracking-uri", url],
             env=env, capture_output=True, text=True, timeout=240,
         )
         assert run.returncode == 0, run.stderr[-3000:]
