@@ -33,6 +33,9 @@ import pandas as pd
 TAG = "noharm."
 TABLE_STAGES = ("evaluate", "compose")
 SPLITS = ("val", "test")
+DIAG = "diag"  # failure signatures of experts on validation (analysis.diagnostics)
+# Hyperparameters of the ERM reference that table captions state (its recipe).
+REFERENCE_PARAMS = ("optimizer", "lr", "weight_decay", "epochs", "batch_size", "backbone")
 SELECTED_PREFIX = "selected:"
 TIDY_COLUMNS = ("run", "stage", "dataset", "target", "attribute", "method", "strategy", "candidate", "entry",
                 "primary", "seed", "split", "group", "metric", "value")
@@ -44,6 +47,9 @@ STRESS_COLUMNS = ("dataset", "attribute", "method", "seed", "scenario", "severit
 STRESS_ARTIFACT = "stress.parquet"
 # MLflow accepts letters, digits, `_ - . : /` and spaces in metric names; the sweep turns anything else into `_`.
 _FORBIDDEN = re.compile(r"[^\w.\- :/]")
+
+
+REFERENCE_COLUMNS = ("dataset", "target", "attribute", "seed", "param", "value")
 
 
 class AnalysisError(ValueError):
@@ -67,6 +73,8 @@ class Collection:
     runs: pd.DataFrame  # one row per run of every stage and status (RUN_COLUMNS)
     stress: pd.DataFrame  # the rows of every stress run's stress.parquet, plus `run`
     notes: list[str] = field(default_factory=list)
+    # The ERM reference's logged hyperparameters: dataset, target, attribute, seed, param, value.
+    reference: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=REFERENCE_COLUMNS))
 
 
 def sqlite_path(uri: str) -> Path | None:
@@ -194,7 +202,7 @@ def parse_metric(name: str, group_of: dict[str, str]) -> tuple[str, str, str, st
     (from the run's `noharm.groups` tag); unknown fragments are kept as they are.
     """
     head, _, rest = name.partition("/")
-    if head in SPLITS:
+    if head in SPLITS or head == DIAG:
         candidate, _, rest = rest.partition("/")
         if not candidate or not rest:
             return None
@@ -313,10 +321,21 @@ def collect(experiment: str, tracking_uri: str | None = None, stress: bool = Tru
     tidy = tidy.astype({"seed": "int64", "value": "float64", "primary": "bool"})
     tidy = tidy.sort_values(["dataset", "target", "attribute", "stage", "method", "strategy", "candidate", "seed",
                              "split", "metric", "group", "run"], kind="mergesort").reset_index(drop=True)
+    reference = reference_params(usable, by_id)
     stress_runs = [by_id[r] for r in runs[(runs["status"] == "FINISHED") & (runs["stage"] == "stress")]["run"]]
     stress_rows = _stress_frame(client, stress_runs) if stress else pd.DataFrame(columns=["run", *STRESS_COLUMNS])
     return Collection(experiment=experiment, experiment_id=str(exp.experiment_id), tracking_uri=uri, tidy=tidy,
-                      runs=runs, stress=stress_rows, notes=notes)
+                      runs=runs, stress=stress_rows, notes=notes, reference=reference)
+
+
+def reference_params(usable: pd.DataFrame, by_id: dict) -> pd.DataFrame:
+    """The logged REFERENCE_PARAMS of every used ERM evaluate run (params not logged were ERM's defaults)."""
+    erm = usable[(usable["stage"] == "evaluate") & (usable["method"] == "erm")]
+    rows = [(r["dataset"], r["target"], r["attribute"], int(r["seed"]), k, str(v))
+            for r in erm.to_dict("records") for k, v in sorted(by_id[r["run"]].data.params.items())
+            if k in REFERENCE_PARAMS]
+    frame = pd.DataFrame(rows, columns=list(REFERENCE_COLUMNS))
+    return frame.sort_values(list(REFERENCE_COLUMNS), kind="mergesort").reset_index(drop=True)
 
 
 def stage_counts(runs: pd.DataFrame) -> pd.DataFrame:

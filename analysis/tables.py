@@ -18,14 +18,15 @@ import numpy as np
 import pandas as pd
 
 from analysis import stats
-from analysis.collect import Collection, iter_tasks
+from analysis.collect import DIAG, Collection, iter_tasks
 
 TASK = ["dataset", "target", "attribute"]
 METRICS = ("acc", "auc")
 METRIC_NAMES = {"acc": "Acc", "auc": "AUC"}
 AGGREGATES = ("overall", "worst", "gap")
 SELECTOR_ORDER = ("greedy", "ip-gap", "ip-utility", "safe")
-FAIRSDE_FAMILY = ("fairsde", "fairsde-no-disc", "fairsde-no-virt", "fairsde-no-div")
+FAIRSDE_FAMILY = ("fairsde", "fairsde-no-disc", "fairsde-no-virt", "fairsde-no-div", "fairsde-nce",
+                  "fairsde-nce-no-disc", "fairsde-nce-no-virt")
 ERM = "erm"
 COST_METRICS = {"wall_seconds": "wall (s)", "fit_seconds": "fit (s)",
                 "train_samples_per_second": "train samples/s", "peak_memory_mb": "peak memory (MB)"}
@@ -345,6 +346,38 @@ def _seeds_text(tidy: pd.DataFrame) -> str:
     return f"{len(seeds)} seed{'s' if len(seeds) != 1 else ''} ({', '.join(str(s) for s in seeds)})"
 
 
+def reference_text(col: Collection) -> str:
+    """The ERM reference's recipe for captions: same budget as the methods, searched settings per task."""
+    ref = col.reference
+    head = ("Reference: pooled ERM on the same seeds, with the epochs and batch size the suite gives every method on "
+            "that dataset and its own hyperparameters searched on validation like any method's")
+    if ref.empty:
+        return head + "."
+    parts = []
+    for task in iter_tasks(ref):
+        part = _task_frame(ref, task)
+        values = part.groupby("param", sort=True)["value"].agg(lambda v: "|".join(dict.fromkeys(v)))
+        parts.append(f"{task_title(*task)}: " + ", ".join(f"{k} {v}" for k, v in values.items()))
+    return head + "; per task (settings not listed: ERM's declared defaults): " + "; ".join(parts) + "."
+
+
+def expert_signatures(tidy: pd.DataFrame) -> pd.DataFrame:
+    """Per (task, entry): the experts' worst-group validation balanced accuracy (mean over seeds), runs with a
+    failure signature (a group predicted as one class or with collapsed features, analysis.diagnostics), runs."""
+    d = tidy[(tidy["split"] == DIAG) & (tidy["stage"] == "evaluate") & tidy["primary"]]
+    cols = [*TASK, "entry", "bal_acc_worst", "flagged_runs", "runs"]
+    if d.empty:
+        return pd.DataFrame(columns=cols)
+    keys = [*TASK, "entry", "seed"]
+    bal = d[d["metric"] == "bal_acc"].groupby(keys)["value"].min().rename("bal_acc_worst")
+    flag = d[d["metric"] == "flagged_groups"].groupby(keys)["value"].max().rename("flagged")
+    per_run = pd.concat([bal, flag], axis=1).reset_index()
+    out = per_run.groupby([*TASK, "entry"], sort=True).agg(
+        bal_acc_worst=("bal_acc_worst", "mean"), flagged_runs=("flagged", lambda v: int((v > 0).sum())),
+        runs=("seed", "nunique")).reset_index()
+    return out[cols]
+
+
 # ---- 1. comparison ------------------------------------------------------------------------------
 def comparison(col: Collection, protocol: Protocol = Protocol(), summary: pd.DataFrame | None = None) -> TableDoc:
     """Per task: a row per method (its primary candidate) and per selector composition; columns overall,
@@ -353,7 +386,8 @@ def comparison(col: Collection, protocol: Protocol = Protocol(), summary: pd.Dat
     groups = group_order(col)
     caption = (f"Test accuracy and AUC, {protocol.interval_text(_seeds_text(col.tidy))}; best per column in "
                f"bold (gap: lowest). {protocol.harm_text()} {protocol.protocol_text()} Rows: each method's primary "
-               f"candidate and each no-harm selector composed with it (method + strategy); (n=k): fewer seeds.")
+               f"candidate and each no-harm selector composed with it (method + strategy); (n=k): fewer seeds. "
+               f"{reference_text(col)}")
     blocks, notes = [], []
     s = summary[summary["primary"]]
     for task in iter_tasks(s):
@@ -409,12 +443,15 @@ def ablation(col: Collection, protocol: Protocol = Protocol(), summary: pd.DataF
     and every selector, next to ERM."""
     summary = summarise(col.tidy, protocol) if summary is None else summary
     caption = (f"Ablation of FairSDE: each variant switches one loss off (no-disc: discrimination loss, no-virt: "
-               f"virtual-sample loss, no-div: diversity loss); 'experts' is the per-group experts without selection, "
+               f"virtual-sample loss, no-div: diversity loss; fairsde-nce: the diversity loss in InfoNCE form, a "
+               f"variant beyond the authors' code); 'experts' is the per-group experts without selection, "
                f"other rows its other candidates and each no-harm selector. Test metrics, "
                f"{protocol.interval_text(_seeds_text(col.tidy))}; best per column in bold (gap: lowest). 'harmed' "
                f"counts groups whose "
                f"accuracy or AUC is below ERM's with confidence ({protocol.test_name}, level {protocol.alpha:g}). "
-               f"{protocol.protocol_text()}")
+               f"'val bal. acc' is the experts' worst-group validation balanced accuracy (0.5: an expert that "
+               f"predicts one class) and 'flagged' the runs in which some group's expert predicted a single class or "
+               f"its features collapsed (analysis/diagnostics.py). {protocol.protocol_text()} {reference_text(col)}")
     part_all = summary[summary["method"].isin([*family, ERM]) & ~((summary["method"] == ERM) & ~summary["primary"])]
     part_all = part_all[~((part_all["method"] == ERM) & (part_all["stage"] != "evaluate"))]
     blocks = []
@@ -423,6 +460,7 @@ def ablation(col: Collection, protocol: Protocol = Protocol(), summary: pd.DataF
         return TableDoc("ablation", "Ablation: FairSDE and its variants", caption, [], part_all.iloc[0:0],
                         [f"no runs of {', '.join(family)} in this experiment: no ablation table"])
     harm = _harm_counts(part_all).set_index([*TASK, "entry"])
+    signatures = expert_signatures(col.tidy).set_index([*TASK, "entry"])
     for task in iter_tasks(part_all):
         part = _task_frame(part_all, task)
         if not set(part["method"]) & set(family):
@@ -442,20 +480,50 @@ def ablation(col: Collection, protocol: Protocol = Protocol(), summary: pd.DataF
                            if (e, m, g) in idx.index else Cell("–"))
             h = harm.loc[(*task, e)] if (*task, e) in harm.index else None
             row.append(Cell("–" if h is None or r0["method"] == ERM else f"{int(h['harmed'])}/{int(h['groups'])}"))
+            sig = signatures.loc[(*task, e)] if (*task, e) in signatures.index else None
+            row.append(Cell("–") if sig is None else Cell(fmt(float(sig["bal_acc_worst"]))))
+            row.append(Cell("–") if sig is None else Cell(f"{int(sig['flagged_runs'])}/{int(sig['runs'])}"))
             rows.append(row)
         bold_best(rows, range(2, 2 + len(ABLATION_COLUMNS)),
                   lower_better=[2 + i for i, (_, g) in enumerate(ABLATION_COLUMNS) if g == "gap"])
-        columns = ["variant", "model", *[f"{METRIC_NAMES[m]} {g}" for m, g in ABLATION_COLUMNS], "harmed"]
+        columns = ["variant", "model", *[f"{METRIC_NAMES[m]} {g}" for m, g in ABLATION_COLUMNS], "harmed",
+                   "val bal. acc", "flagged"]
         blocks.append(Block(task_title(*task), columns, rows,
-                            spans=[("", 2), ("Accuracy", 3), ("AUC", 3), ("", 1)], label=task_slug(*task),
-                            text_columns=2, short_columns=["variant", "model", *[g for _, g in ABLATION_COLUMNS],
-                                                           "harmed"]))
+                            spans=[("", 2), ("Accuracy", 3), ("AUC", 3), ("", 1), ("Experts", 2)],
+                            label=task_slug(*task), text_columns=2,
+                            short_columns=["variant", "model", *[g for _, g in ABLATION_COLUMNS], "harmed",
+                                           "val bal. acc", "flagged"]))
     data = part_all[part_all["group"].isin(AGGREGATES)].drop(columns=["runs"]).reset_index(drop=True)
     return TableDoc("ablation", "Ablation: FairSDE and its variants", caption, blocks, data)
 
 
 # ---- 3. selection --------------------------------------------------------------------------------
 NO_SELECTION = "no selection (experts)"
+
+
+def experts_taken(tidy: pd.DataFrame) -> pd.DataFrame:
+    """Per (task, strategy): (run, group) choices of the compose runs that kept the expert, and all choices."""
+    u = tidy[(tidy["split"] == "selection") & (tidy["metric"] == "use_expert") & ~tidy["group"].isin(AGGREGATES)]
+    cols = [*TASK, "strategy", "experts_taken", "choices"]
+    if u.empty:
+        return pd.DataFrame(columns=cols)
+    out = u.groupby([*TASK, "strategy"], sort=True)["value"].agg(experts_taken="sum", choices="count")
+    return out.reset_index()[cols]
+
+
+def _taken(taken: pd.DataFrame, task: tuple, row: str) -> dict[str, int]:
+    hit = _task_frame(taken, task)
+    hit = hit[hit["strategy"] == row]
+    return {"experts_taken": int(hit["experts_taken"].sum()), "choices": int(hit["choices"].sum())}
+
+
+def _flagged(signatures: pd.DataFrame, task: tuple, rows: pd.DataFrame, row: str) -> dict[str, int]:
+    """Flagged / total runs of the wrapped methods' experts (only the no-selection row shows them)."""
+    if row != NO_SELECTION or signatures.empty:
+        return {"flagged_runs": 0, "signature_runs": 0}
+    sig = _task_frame(signatures, task)
+    sig = sig[sig["entry"].isin(set(rows["entry"]))]
+    return {"flagged_runs": int(sig["flagged_runs"].sum()), "signature_runs": int(sig["runs"].sum())}
 
 
 def selection(col: Collection, protocol: Protocol = Protocol(), summary: pd.DataFrame | None = None) -> TableDoc:
@@ -468,7 +536,10 @@ def selection(col: Collection, protocol: Protocol = Protocol(), summary: pd.Data
                f"'{NO_SELECTION}' is the same methods' experts for every group. Groups below ERM: per run, how many "
                f"groups have test accuracy below ERM's on the same seed (mean over runs). Harmed with confidence: "
                f"(method, group) pairs whose accuracy is below ERM's by a {protocol.test_name} over seeds at level "
-               f"{protocol.alpha:g}, out of all pairs. {protocol.protocol_text()}")
+               f"{protocol.alpha:g}, out of all pairs. Flagged experts: runs of the wrapped methods in which some "
+               f"group's expert predicted a single class or had collapsed features on validation "
+               f"(analysis/diagnostics.py); a selector facing such an expert can only keep ERM for that group. "
+               f"{protocol.protocol_text()} {reference_text(col)}")
     s = summary[summary["primary"]]
     composed = s[s["stage"] == "compose"]
     if composed.empty:
@@ -493,6 +564,8 @@ def selection(col: Collection, protocol: Protocol = Protocol(), summary: pd.Data
                         key=lambda x: (SELECTOR_ORDER.index(x) if x in SELECTOR_ORDER else 99, x))
     row_order = ["erm (reference)", NO_SELECTION, *strategies]
     tasks = iter_tasks(rows_src)
+    signatures = expert_signatures(col.tidy)
+    taken = experts_taken(col.tidy)
     records = []
     for task in tasks:
         rs, cs = _task_frame(rows_src, task), _task_frame(cnt, task)
@@ -508,7 +581,8 @@ def selection(col: Collection, protocol: Protocol = Protocol(), summary: pd.Data
                             "acc_gap": float(gap["mean"].mean()) if len(gap) else math.nan,
                             "acc_worst": float(worst["mean"].mean()) if len(worst) else math.nan,
                             "groups_below_erm_per_run": float(c["below"].mean()) if len(c) else math.nan,
-                            "harmed_pairs": int(grp["harmed"].sum()), "pairs": int(len(grp))})
+                            "harmed_pairs": int(grp["harmed"].sum()), "pairs": int(len(grp)),
+                            **_flagged(signatures, task, r, row), **_taken(taken, task, row)})
     data = pd.DataFrame(records)
     titles = [task_title(*t) for t in tasks]
     blocks = []
@@ -516,7 +590,11 @@ def selection(col: Collection, protocol: Protocol = Protocol(), summary: pd.Data
                                       ("acc_worst", "Worst-group test accuracy", 3, False),
                                       ("groups_below_erm_per_run", "Groups below ERM per run (test accuracy)", 2,
                                        True),
-                                      ("harmed_pairs", "Harmed with confidence ((method, group) pairs)", 0, True)):
+                                      ("harmed_pairs", "Harmed with confidence ((method, group) pairs)", 0, True),
+                                      ("experts_taken", "Experts taken ((run, group) choices where the selector "
+                                                        "kept the expert)", 0, False),
+                                      ("flagged_runs", "Flagged experts (runs with a group at one class or "
+                                                       "collapsed, on validation)", 0, True)):
         rows = []
         for row in row_order:
             line: list[str | Cell] = [row]
@@ -527,6 +605,12 @@ def selection(col: Collection, protocol: Protocol = Protocol(), summary: pd.Data
                     line.append(Cell("–"))
                 elif key == "harmed_pairs":
                     line.append(Cell(f"{int(hit.iloc[0]['harmed_pairs'])}/{int(hit.iloc[0]['pairs'])}"))
+                elif key == "experts_taken":
+                    n = int(hit.iloc[0]["choices"])
+                    line.append(Cell("–" if n == 0 else f"{int(hit.iloc[0]['experts_taken'])}/{n}"))
+                elif key == "flagged_runs":
+                    runs = hit.iloc[0]["signature_runs"]
+                    line.append(Cell("–" if runs == 0 else f"{int(hit.iloc[0]['flagged_runs'])}/{int(runs)}"))
                 else:
                     line.append(Cell(fmt(float(hit.iloc[0][key]), digits)))
             if any(isinstance(c, Cell) and c.text != "–" for c in line[1:]):

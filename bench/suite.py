@@ -101,8 +101,8 @@ class Resources(Strict):
 
 
 class TrackingSettings(Strict):
-    uri: str | None = None
-    experiment: str | None = None
+    uri: str | None = Field(None, min_length=1)
+    experiment: str | None = Field(None, min_length=1)
 
 
 class Suite(Strict):
@@ -157,12 +157,37 @@ def load_suite(path: str | os.PathLike, data_root: str | os.PathLike | None = No
         raise ConfigError(f"suite file {str(path)!r} not found; give the path of a suite YAML file "
                           f"(see bench/suites/)")
     try:
-        raw = yaml.safe_load(path.read_text())
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}); save the suite file as UTF-8") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the suite file ({exc.strerror})") from None
+    try:
+        raw = yaml.load(text, Loader=UniqueKeyLoader)  # safe_load's loader, with duplicate keys refused
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
         raise ConfigError(f"{path}:{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
     return parse_suite(raw, str(path), data_root)
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """`yaml.SafeLoader` that refuses a key repeated in one mapping (PyYAML keeps the last one silently,
+    so a suite with two `seeds:` lines would run something other than what its author reads)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key {key!r} is repeated (first on line {seen[key]}); keep one of them",
+                        key_node.start_mark)
+                seen[key] = key_node.start_mark.line + 1
+            except TypeError:  # an unhashable key: the base class reports it
+                continue
+        return super().construct_mapping(node, deep=deep)
 
 
 def parse_suite(raw: Any, source: str = "<suite>", data_root: str | os.PathLike | None = None) -> Suite:
@@ -296,10 +321,15 @@ def _check_registries(suite: Suite, source: str) -> list[str]:
         cls = DATASETS.get(entry.name)
         seen_attrs = set()
         for j, attr in enumerate(entry.attributes):
-            unknown = [a for a in attr.split("+") if a not in cls.attributes]
+            parts = attr.split("+")
+            unknown = [a for a in parts if a not in cls.attributes]
             if unknown or not attr:
                 errors.append(f"{where}.attributes[{j}]: unknown attribute {unknown[0] if unknown else attr!r} of "
                               f"dataset {entry.name!r}; choose from: {', '.join(cls.attributes)} (join with '+')")
+            elif len(set(parts)) != len(parts):
+                twice = next(a for a in parts if parts.count(a) > 1)
+                errors.append(f"{where}.attributes[{j}]: {attr!r} joins {twice!r} with itself; "
+                              "name each attribute once in an intersection")
             if attr in seen_attrs:
                 errors.append(f"{where}.attributes[{j}]: attribute {attr!r} is listed twice")
             seen_attrs.add(attr)

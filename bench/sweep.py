@@ -1,8 +1,10 @@
 """`noharm run`: a suite through Ray Tune (Optuna search, evaluation on every seed, selector composition) into MLflow.
 
 The flow:
-1. load and validate the suite; check every dataset's files (fail in a second on a wrong --data-root);
-2. open the MLflow experiment (creating the store in the driver, before any trial);
+1. load and validate the suite; check every dataset's files (fail in a second on a wrong --data-root),
+   the tracking store and the Ray address (`bench.sweep_preflight`), before anything is created;
+2. take the driver's lease (`bench.sweep_lease`: a second driver is refused) and open the MLflow
+   experiment (creating the store in the driver, before any trial);
 3. end runs a killed driver left RUNNING; read what is already FINISHED;
 4. one Tuner whose searcher (`bench.sweep_searcher`) proposes search, evaluate and compose trials,
    skipping every key already FINISHED, while `bench.progress` prints one status line;
@@ -23,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.suite import Suite, check_files
+from bench.sweep_preflight import preflight
 from bench.tracking import Tracker, default_uri, git_commit, is_local_store
 
 # Ray keeps Unix sockets under its temp folder; their paths must stay under ~107 characters.
@@ -95,9 +98,36 @@ def quiet_loggers() -> None:
 def ray_temp_dir(out: Path) -> Path:
     """Ray's temp folder: inside the run folder unless that path is too long for Ray's sockets."""
     inside = out.absolute() / "tmp"
-    if len(str(inside)) <= MAX_RAY_TMP_LEN:
+    # Ray's CoreWorker cannot take a non-ASCII temp path: such a run folder keeps Ray's files elsewhere.
+    if len(str(inside)) <= MAX_RAY_TMP_LEN and str(inside).isascii():
         return inside
     return Path(tempfile.gettempdir()) / f"noharm-ray-{uuid.uuid5(uuid.NAMESPACE_URL, str(inside)).hex[:10]}"
+
+
+def searcher_from_store(suite: Suite, tracker: Tracker, invocation: str):
+    """A searcher rebuilt from what MLflow holds after a sweep, with this invocation's FAILED runs as failures."""
+    from bench.keys import CODE_VERSION
+    from bench.sweep_searcher import Failure, SweepSearcher, prior_search_results
+    from bench.tracking import TAG
+
+    finished = tracker.finished_index(suite.name)
+    prior = prior_search_results([r for (stage, _), r in finished.items() if stage == "search"], suite, CODE_VERSION)
+    searcher = SweepSearcher(suite, finished, prior)
+    failed = tracker.runs(suite=suite.name, status="FAILED", extra=f"tags.`{TAG}invocation` = '{invocation}'")
+    for run in failed:
+        tags = run.data.tags
+        stage = tags.get(f"{TAG}stage", "evaluate")
+        label = f"{tags.get(f'{TAG}cell', run.info.run_name)} s{tags.get(f'{TAG}seed', '?')}"  # as the live labels
+        searcher.failures.append(Failure(stage, label, tags.get(f"{TAG}error", "")))
+        searcher.counts[stage].failed += 1
+    return searcher
+
+
+def tune_storage(out: Path, ray_tmp: Path | None) -> Path:
+    """Where Tune keeps its experiment state: `<out>/ray`, or beside Ray's temp files for a non-ASCII --out."""
+    if ray_tmp is not None and not str(out).isascii():
+        return ray_tmp / "tune"
+    return out / "ray"
 
 
 def start_ray(address: str | None) -> bool:
@@ -122,7 +152,48 @@ def run_suite(suite: Suite, out: str | os.PathLike, tracking_uri: str | None = N
     t0 = time.monotonic()
     check_files(suite)  # a missing dataset fails before anything is created or started
     out = Path(out).absolute()
+    uri = tracking_uri or suite.tracking.uri or default_uri(out)
+    exp_name = experiment if experiment is not None else (suite.tracking.experiment or suite.name)
+    preflight(uri, exp_name, address, out)  # bad settings and dead services: one line, nothing created
+    tracker, lease = open_store(out, uri, exp_name, suite.name)
+    try:
+        return _run_locked(suite, out, tracker, exp_name, address, max_concurrent, device, quiet, t0)
+    finally:
+        lease.release()
+
+
+def open_store(out: Path, uri: str, experiment: str, suite: str):
+    """Create --out, take the driver's lease and open the experiment; on a failed start (other than a held
+    lease) remove what this call created, so a bad store leaves no half-made run folder."""
+    from bench.sweep_lease import LeaseHeld, lease_record, lock_local_store
+
+    existed = out.exists()
+    before = set(out.iterdir()) if existed else set()
     out.mkdir(parents=True, exist_ok=True)
+    lease = None
+    try:
+        lease = lock_local_store(uri, experiment, suite)
+        artifacts = (out / "artifacts").as_uri() if is_local_store(uri) else None
+        tracker = Tracker.open(uri, experiment, artifact_location=artifacts)
+        if lease is None:
+            lease = lease_record(tracker, experiment, suite)
+    except LeaseHeld:
+        raise  # the other driver's files are not ours to remove
+    except BaseException:
+        if lease is not None:
+            lease.release()
+        if not existed:
+            shutil.rmtree(out, ignore_errors=True)
+        else:
+            for path in set(out.iterdir()) - before:
+                shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+        raise
+    return tracker, lease
+
+
+def _run_locked(suite: Suite, out: Path, tracker: Tracker, exp_name: str, address: str | None,
+                max_concurrent: int | None, device: str, quiet: bool, t0: float) -> SweepOutcome:
+    """The sweep proper, with the lease held (see `run_suite`)."""
     ray_tmp = prepare_environment(address, out)
     from ray import tune
 
@@ -132,11 +203,7 @@ def run_suite(suite: Suite, out: str | os.PathLike, tracking_uri: str | None = N
     from bench.sweep_trials import tune_trainable
 
     quiet_loggers()
-    uri = tracking_uri or suite.tracking.uri or default_uri(out)
-    exp_name = experiment or suite.tracking.experiment or suite.name
-    artifacts = (out / "artifacts").as_uri() if is_local_store(uri) else None
-    tracker = Tracker.open(uri, exp_name, artifact_location=artifacts)
-
+    uri = tracker.uri
     stale = tracker.close_stale(suite.name)
     finished = tracker.finished_index(suite.name)
     prior = prior_search_results([r for (stage, _), r in finished.items() if stage == "search"], suite, CODE_VERSION)
@@ -149,11 +216,14 @@ def run_suite(suite: Suite, out: str | os.PathLike, tracking_uri: str | None = N
         if address and is_local_store(uri):
             say("note: a local sqlite store is only reachable by trials on this machine; on a multi-node "
                 "cluster pass --tracking-uri http://HOST:PORT (an MLflow server)")
-        if finished:
-            say(f"resuming: {len(finished)} runs already FINISHED in MLflow are reused"
+        skipped = sum(c.skipped for c in searcher.counts.values())
+        if finished or stale:
+            # Counted as the progress line counts them ("N already in MLflow"): trials, not runs.
+            say(f"resuming: {skipped} trials already FINISHED in MLflow are skipped"
                 + (f"; {stale} interrupted runs marked KILLED" if stale else ""))
 
     invocation = uuid.uuid4().hex[:12]
+    client = bool(address and address.startswith("ray://"))
     context = {"uri": uri, "experiment_id": tracker.experiment_id, "suite": suite.name,
                "invocation": invocation, "git_commit": git_commit(), "code_version": CODE_VERSION,
                "retries": suite.retries, "device": device, "keep_models": suite.keep_models}
@@ -172,7 +242,7 @@ def run_suite(suite: Suite, out: str | os.PathLike, tracking_uri: str | None = N
                     trial_name_creator=lambda t: t.trial_id, trial_dirname_creator=lambda t: t.trial_id,
                 ),
                 run_config=tune.RunConfig(
-                    name=f"{suite.name}-{invocation}", storage_path=str(out / "ray"), verbose=0,
+                    name=f"{suite.name}-{invocation}", storage_path=str(tune_storage(out, ray_tmp)), verbose=0,
                     callbacks=[progress], log_to_file=False,
                     # A crashed worker is retried by Tune; a raised error is retried inside the trial.
                     failure_config=tune.FailureConfig(max_failures=suite.retries),
@@ -180,8 +250,14 @@ def run_suite(suite: Suite, out: str | os.PathLike, tracking_uri: str | None = N
             )
             tuner.fit()
             progress.finish()
-        # Runs still RUNNING now lost their worker (FAILED), or were stopped by Ctrl-C (KILLED).
-        tracker.close_invocation(suite.name, invocation, status="FAILED" if searcher.is_done() else "KILLED")
+        if client:
+            # Under Ray Client, Tune runs the Tuner, and so this searcher, on the cluster: the local copy
+            # saw nothing. The Tuner returned, so runs still RUNNING lost their worker; MLflow holds the rest.
+            tracker.close_invocation(suite.name, invocation, status="FAILED")
+            searcher = searcher_from_store(suite, tracker, invocation)
+        else:
+            # Runs still RUNNING now lost their worker (FAILED), or were stopped by Ctrl-C (KILLED).
+            tracker.close_invocation(suite.name, invocation, status="FAILED" if searcher.is_done() else "KILLED")
     finally:
         if started:
             import ray
@@ -200,6 +276,8 @@ def run_suite(suite: Suite, out: str | os.PathLike, tracking_uri: str | None = N
     table = comparison(tracker.frame(suite.name))
     if not table.empty:
         table.to_csv(out / "summary.csv", index=False)
+    # A rebuilt searcher (Ray Client) counts a failed search trial as not done: that is a failure, not Ctrl-C.
+    interrupted = not searcher.is_done() and not (client and searcher.failures)
     return SweepOutcome(out=out, tracking_uri=uri, experiment=exp_name, experiment_id=tracker.experiment_id,
                         counts=searcher.counts, failures=list(searcher.failures),
-                        elapsed=time.monotonic() - t0, table=table, interrupted=not searcher.is_done())
+                        elapsed=time.monotonic() - t0, table=table, interrupted=interrupted)

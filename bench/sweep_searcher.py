@@ -2,7 +2,7 @@
 
 One Tuner runs the whole suite. This searcher hands Tune the next trial spec:
 
-1. search: per searched cell (dataset, attribute, method), an `OptunaSearch`
+1. search: per searched cell (dataset, attribute, method), Optuna's TPE sampler
    over the method's declared space proposes settings, run on the search seed;
 2. evaluate: once a cell's search has used its budget, its best settings run on
    every seed (on the search seed the best search run is copied, not retrained);
@@ -10,10 +10,18 @@ One Tuner runs the whole suite. This searcher hands Tune the next trial spec:
 3. compose: once a method's and its seed's ERM evaluate runs exist, one trial
    composes them with every selector strategy.
 
-What MLflow already holds as FINISHED is not run again: earlier search results
-warm-start Optuna (`points_to_evaluate` + `evaluated_rewards`) and only the
-remaining budget is proposed; evaluate and compose keys already FINISHED are
-skipped. That is how a killed sweep resumes exactly where it stopped.
+What MLflow already holds as FINISHED is not run again: evaluate and compose keys
+already FINISHED are skipped, and a search proposes only its trial numbers that
+have no FINISHED run. That is how a killed sweep resumes where it stopped.
+
+A resumed sweep ends with the same results as an uninterrupted one because a
+search proposal is a pure function of (suite, cell, trial number, history): trial
+`i` of a cell is drawn by a TPE sampler seeded from (suite, cell, i) that is told
+the results of trials `0 .. i - HISTORY_LAG` in number order, and nothing else.
+Which trials happen to be in flight, which finished first, and whether the driver
+was restarted in between do not enter. (Trial `i` waits for trial `i - HISTORY_LAG`
+when that one is still running; with the suite's concurrency below the lag it never
+waits.) The best settings are the highest objective, ties to the lowest number.
 """
 
 from __future__ import annotations
@@ -48,15 +56,29 @@ class StageCount:
         return max(self.planned - self.done - self.skipped - self.failed - self.blocked - self.running, 0)
 
 
+# Search trial i is told the results of trials 0 .. i - HISTORY_LAG (see the module docstring).
+HISTORY_LAG = 4
+# Draws of one trial number before a repeated setting is run anyway (small discrete spaces).
+REDRAWS = 10
+
+
 @dataclass
 class SearchState:
     cell: Cell
-    budget: int  # proposals still to make
-    optuna: Any = None
-    running: set = field(default_factory=set)
-    results: list = field(default_factory=list)  # (objective, hparams, run_id, key)
-    failures: int = 0
+    space: dict[str, Any]  # Optuna distributions of the searched hparams
+    todo: list[int]  # trial numbers still to propose, ascending
+    running: dict[str, int] = field(default_factory=dict)  # Tune trial id -> trial number
+    results: dict[int, tuple] = field(default_factory=dict)  # number -> (objective, hparams, run_id, key)
+    failed: set[int] = field(default_factory=set)
+    keys: dict[int, str] = field(default_factory=dict)  # number -> key of every proposal so far
     finished: bool = False
+
+    @property
+    def budget(self) -> int:
+        return len(self.todo)
+
+    def settled(self, number: int) -> bool:
+        return number in self.results or number in self.failed
 
 
 @dataclass
@@ -75,7 +97,7 @@ class SweepSearcher(Searcher):
 
     def __init__(self, suite: Suite, finished: dict[tuple[str, str], Any], prior_search: dict[str, list]):
         """`finished`: {(stage, key): run} already FINISHED; `prior_search`: {cell id: [(hparams, objective,
-        run_id, key)]} of FINISHED search runs (warm start)."""
+        run_id, key, trial number)]} of FINISHED search runs, oldest first."""
         super().__init__(metric="objective", mode="max")
         self.suite = suite
         self.finished_runs = {k: run.info.run_id for k, run in finished.items()}
@@ -156,73 +178,64 @@ class SweepSearcher(Searcher):
         from methods import get_method
         from methods.hparams import search_space
 
-        declared = get_method(cell.method).hparams
-        space = OptunaSearch.convert_search_space(search_space(declared, cell.fixed))
-        # Only results of exactly this search (same fixed settings, seed, objective, code) count.
-        prior = [p for p in prior
-                 if trial_key(grid.trial_config(self.suite, cell, p[0], self.suite.search_seed)) == p[3]]
-        prior = prior[: self.suite.search.trials]
-        points = [{k: declared[k].cast(k, h[k]) for k in space} for h, *_ in prior]
-        rewards = [max(o, WORST_OBJECTIVE) for _, o, *_ in prior]
-        # A resumed search gets a fresh sampler seed: the original seed would first redraw
-        # the settings already tried.
-        searcher = OptunaSearch(space=space, metric="objective", mode="max",
-                                seed=stable_seed(f"{self.suite.name}/{cell.id}/{len(prior)}"),
-                                points_to_evaluate=points or None, evaluated_rewards=rewards or None)
-        state = SearchState(cell=cell, budget=self.suite.search.trials - len(prior), optuna=searcher)
-        state.results = [(o, h, run_id, key) for h, o, run_id, key in prior]
+        space = OptunaSearch.convert_search_space(search_space(get_method(cell.method).hparams, cell.fixed))
+        trials = self.suite.search.trials
+        state = SearchState(cell=cell, space=space, todo=[])
+        for hparams, objective, run_id, key, number in prior:
+            # Only results of exactly this search (same fixed settings, seed, objective, code) count.
+            if not 0 <= number < trials or number in state.results:
+                continue
+            if trial_key(grid.trial_config(self.suite, cell, hparams, self.suite.search_seed)) != key:
+                continue
+            state.results[number] = (max(objective, WORST_OBJECTIVE), hparams, run_id, key)
+            state.keys[number] = key
+        state.todo = [i for i in range(trials) if i not in state.results]
         self.searches[cell.id] = state
-        self.counts["search"].planned += self.suite.search.trials
-        self.counts["search"].skipped += len(prior)
+        self.counts["search"].planned += trials
+        self.counts["search"].skipped += len(state.results)
 
     def _next_search(self, trial_id: str) -> dict[str, Any] | None:
         # Round-robin over cells with budget left, so every search progresses.
         for state in sorted(self.searches.values(), key=lambda s: (len(s.running) + len(s.results), s.cell.id)):
-            if state.budget <= 0:
+            if not state.todo:
                 continue
-            spec = self._propose(state, trial_id)
-            if spec is None:
+            number = state.todo[0]
+            spec = self._propose(state, number)
+            if spec is None:  # its history is not settled yet
                 continue
-            state.budget -= 1
-            state.running.add(trial_id)
+            state.todo.pop(0)
+            state.running[trial_id] = number
+            state.keys[number] = spec["key"]
             return spec
         return None
 
-    def _propose(self, state: SearchState, trial_id: str, attempts: int = 10) -> dict[str, Any] | None:
-        """Optuna's next settings for a cell, redrawn when they repeat settings already tried (same key)."""
-        known = {key: objective for objective, _, _, key in state.results}
-        running = {self.live[t]["key"] for t in state.running if t in self.live}
+    def _propose(self, state: SearchState, number: int) -> dict[str, Any] | None:
+        """The settings of trial `number` of a cell: a pure function of (suite, cell, number, history)."""
+        visible = range(number - HISTORY_LAG + 1)
+        if not all(state.settled(j) for j in visible):
+            return None
+        history = [(state.results[j][1], state.results[j][0]) for j in visible if j in state.results]
+        taken = {key for j, key in state.keys.items() if j < number}
         spec = None
-        for attempt in range(attempts):
-            tid = trial_id if attempt == 0 else f"{trial_id}-redraw{attempt}"
-            hparams = state.optuna.suggest(tid)
-            if hparams is None:
-                return None
+        for attempt in range(REDRAWS):
+            seed = stable_seed(f"{self.suite.name}/{state.cell.id}/{number}/{attempt}")
+            hparams = draw_settings(state.space, history, seed)
             spec = self._trial_spec("search", state.cell, hparams, self.suite.search_seed)
-            fresh = spec["key"] not in known and spec["key"] not in running
-            # A small discrete space may have nothing new left: the last draw is then run anyway
+            # A small discrete space may have nothing new left: the last draw then runs anyway
             # (a cheap skip when its key is FINISHED).
-            if fresh or attempt == attempts - 1:
-                if tid != trial_id:  # Tune reports under its own id: move Optuna's trial there
-                    state.optuna._ot_trials[trial_id] = state.optuna._ot_trials.pop(tid)
-                return spec
-            # Tell Optuna what these settings gave (or that they are under way) and draw again.
-            if spec["key"] in known:
-                state.optuna.on_trial_complete(tid, {"objective": known[spec["key"]]})
-            else:
-                state.optuna.on_trial_complete(tid, None, error=True)
+            if spec["key"] not in taken:
+                break
+        spec["tags"]["search_trial"] = number
         return spec
 
     def _search_done(self, spec: dict[str, Any], trial_id: str, result: dict | None) -> None:
         state = self.searches[spec["cell"]]
-        state.running.discard(trial_id)
+        number = state.running.pop(trial_id)
         if result is None:
-            state.failures += 1
-            state.optuna.on_trial_complete(trial_id, None, error=True)
+            state.failed.add(number)
         else:
             objective = float(result.get("objective", WORST_OBJECTIVE))
-            state.optuna.on_trial_complete(trial_id, {"objective": objective})
-            state.results.append((objective, spec["trial"]["hparams"], result["run_id"], spec["key"]))
+            state.results[number] = (objective, spec["trial"]["hparams"], result["run_id"], spec["key"])
         self._maybe_finish_search(state)
 
     def _maybe_finish_search(self, state: SearchState) -> None:
@@ -234,8 +247,9 @@ class SweepSearcher(Searcher):
             for cell in dependants:
                 self._block_evaluate(cell, f"its search ({state.cell.id}) had no successful trial")
             return
-        # Ties go to the earliest result: deterministic given the same history.
-        objective, hparams, run_id, key = max(state.results, key=lambda r: r[0])
+        # Ties go to the lowest trial number: the same choice however the trials were scheduled.
+        number = max(state.results, key=lambda n: (state.results[n][0], -n))
+        objective, hparams, run_id, key = state.results[number]
         for cell in dependants:
             self.best[cell.id] = (hparams, run_id if cell.id == state.cell.id else None,
                                   key if cell.id == state.cell.id else None)
@@ -329,8 +343,24 @@ class SweepSearcher(Searcher):
         }
 
 
+def draw_settings(space: dict[str, Any], history: list[tuple[dict[str, Any], float]], seed: int) -> dict[str, Any]:
+    """One proposal of Optuna's TPE sampler seeded with `seed`, told `history` [(hparams, objective)] in order.
+
+    A fresh sampler and in-memory study per proposal: nothing carries over between proposals, so
+    the same arguments always give the same settings.
+    """
+    import optuna
+
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed))
+    for hparams, objective in history:
+        study.add_trial(optuna.trial.create_trial(params={k: hparams[k] for k in space}, distributions=space,
+                                                  value=objective))
+    return dict(study.ask(space).params)
+
+
 def prior_search_results(runs: list, suite: Suite, code_version: str) -> dict[str, list]:
-    """{cell id: [(hparams, objective, run id, key)]} from FINISHED search runs of this code version."""
+    """{cell id: [(hparams, objective, run id, key, trial number)]} from FINISHED search runs of this code
+    version, oldest first (a run without a trial number, from before numbers were tagged, gets its place)."""
     from methods import get_method
 
     out: dict[str, list] = {}
@@ -346,6 +376,8 @@ def prior_search_results(runs: list, suite: Suite, code_version: str) -> dict[st
             continue
         hparams = {k: declared[k].cast(k, v) for k, v in run.data.params.items() if k in declared}
         objective = stored_objective(run.data.metrics)
-        out.setdefault(cell, []).append((hparams, objective if math.isfinite(objective) else WORST_OBJECTIVE,
-                                         run.info.run_id, tags.get(f"{TAG}key", "")))
+        number = tags.get(f"{TAG}search_trial")
+        entries = out.setdefault(cell, [])
+        entries.append((hparams, objective if math.isfinite(objective) else WORST_OBJECTIVE, run.info.run_id,
+                        tags.get(f"{TAG}key", ""), int(number) if number is not None else len(entries)))
     return out

@@ -64,8 +64,19 @@ def base_tags(spec: dict[str, Any], context: dict[str, Any]) -> dict[str, Any]:
     tags = {f"{TAG}{k}": v for k, v in spec.get("tags", {}).items()}
     tags.update({f"{TAG}suite": context["suite"], f"{TAG}stage": spec["stage"], f"{TAG}key": spec["key"],
                  f"{TAG}git_commit": context["git_commit"], f"{TAG}invocation": context["invocation"],
-                 f"{TAG}code_version": context["code_version"], f"{TAG}cell": spec.get("cell", "")})
+                 f"{TAG}code_version": context["code_version"], f"{TAG}cell": spec.get("cell", ""),
+                 f"{TAG}node": ray_node()})
     return tags
+
+
+def ray_node() -> str:
+    """The id of the Ray node running this trial ("" outside Ray): which machine ran a run, or died under it."""
+    import sys
+
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return ""
+    return ray.get_runtime_context().get_node_id()
 
 
 def trial_params(cfg) -> dict[str, Any]:
@@ -109,7 +120,7 @@ def run_training(spec: dict[str, Any], context: dict[str, Any], tracker: Tracker
         except Exception as exc:  # any failure of the method is recorded, the sweep goes on
             errors.append((f"attempt {attempt} of {attempts}:\n{traceback.format_exc()}", one_line(exc)))
     else:
-        tracker.fail(run_id, "\n".join(tb for tb, _ in errors), errors[-1][1])
+        tracker.fail(run_id, "\n".join(tb for tb, _ in errors), errors[-1][1], attempts=len(errors))
         return {"run_id": run_id, "objective": WORST_OBJECTIVE, "failed": 1, "skipped": 0, "error": errors[-1][1]}
 
     candidate = get_method(cfg.method).candidates[0]
@@ -126,7 +137,8 @@ def run_training(spec: dict[str, Any], context: dict[str, Any], tracker: Tracker
             folder = save_trial(result, Path(tmp) / "trial", model=keeps_model(context, spec["stage"]))
             tracker.log_dir(run_id, folder)
     except Exception as exc:  # storing failed (disk, server): a FAILED run, never a half-logged FINISHED one
-        tracker.fail(run_id, traceback.format_exc(), f"storing the results failed: {one_line(exc)}")
+        tracker.fail(run_id, traceback.format_exc(), f"storing the results failed: {one_line(exc)}",
+                     attempts=len(errors) + 1)
         return {"run_id": run_id, "objective": WORST_OBJECTIVE, "failed": 1, "skipped": 0,
                 "error": f"storing the results failed: {one_line(exc)}"}
     tracker.finish(run_id)

@@ -32,12 +32,24 @@ import re
 import subprocess
 import tempfile
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import pandas as pd
 
+from bench.errors import ConfigError
+
 TAG = "noharm."
+# Well under the 15 s a user should wait for a dead server.
+CONNECT_TIMEOUT = 5.0
+# Schemes MLflow stores runs in (its database back ends and its server); `file:` is left out on purpose.
+DATABASE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
+SERVER_SCHEMES = ("http", "https", "databricks")
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
 STAGES = ("search", "evaluate", "compose")
 _FORBIDDEN = re.compile(r"[^\w.\- :/]")
 
@@ -58,6 +70,53 @@ def default_uri(out: str | os.PathLike) -> str:
 
 def is_local_store(uri: str) -> bool:
     return uri.startswith("sqlite:")
+
+
+def check_tracking_uri(uri: str) -> None:
+    """The URI's scheme is one MLflow can keep a sweep in; `file:` stores and plain paths are refused."""
+    scheme = urllib.parse.urlsplit(uri).scheme.split("+", 1)[0].lower()
+    if scheme in DATABASE_SCHEMES or scheme in SERVER_SCHEMES:
+        return
+    hint = "use sqlite:///PATH/mlflow.db (a local store) or http://HOST:PORT (an MLflow server)"
+    if scheme in ("", "file") or len(scheme) == 1:  # a plain path, or a Windows drive letter
+        raise ConfigError(f"tracking URI {uri!r} is a file store, which MLflow 3 no longer writes to; {hint}")
+    raise ConfigError(f"tracking URI {uri!r} has an unknown scheme {scheme + ':'!r}; {hint}")
+
+
+def check_sqlite_store(uri: str) -> None:
+    """An existing SQLite store must be an SQLite database (a corrupt or foreign file is named, not opened)."""
+    if not uri.startswith("sqlite:///"):
+        return
+    path = Path(uri.removeprefix("sqlite:///"))
+    if not path.is_absolute():
+        path = Path.cwd() / path
+    if path.is_dir():
+        raise ConfigError(f"tracking store {str(path)!r} is a folder; give the path of a .db file")
+    if path.is_file() and path.stat().st_size > 0:
+        with path.open("rb") as fh:
+            head = fh.read(len(SQLITE_MAGIC))
+        if head != SQLITE_MAGIC:
+            raise ConfigError(f"tracking store {str(path)!r} is not an SQLite database (corrupt or another file); "
+                              "move it away or choose another --out / --tracking-uri")
+
+
+def check_tracking_server(uri: str, timeout: float = CONNECT_TIMEOUT) -> None:
+    """An http(s) tracking server answers within `timeout` seconds (any HTTP reply counts as alive)."""
+    parts = urllib.parse.urlsplit(uri)
+    if parts.scheme not in ("http", "https"):
+        return
+    url = uri.rstrip("/") + "/health"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout):
+            return
+    except urllib.error.HTTPError:
+        return  # it answered: a proxy or an older server without /health
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise ConfigError(f"MLflow tracking server {uri} is not reachable ({reason}); start it "
+                          f"(`mlflow server --host 127.0.0.1 --port {parts.port or 5000}`) or fix --tracking-uri"
+                          ) from None
+
 
 
 def git_commit() -> str:
@@ -97,9 +156,10 @@ class Tracker:
         """
         from mlflow.exceptions import MlflowException
         from mlflow.tracking import MlflowClient
+        from sqlalchemy.exc import SQLAlchemyError
 
-        client = MlflowClient(tracking_uri=uri)
         try:
+            client = MlflowClient(tracking_uri=uri)  # opens (and migrates) a database store
             exp = client.get_experiment_by_name(experiment)
             if exp is None:
                 exp_id = client.create_experiment(experiment, artifact_location=artifact_location)
@@ -108,9 +168,7 @@ class Tracker:
                 exp_id = exp.experiment_id
             else:
                 exp_id = exp.experiment_id
-        except MlflowException as exc:
-            from bench.errors import ConfigError
-
+        except (MlflowException, SQLAlchemyError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ConfigError(f"cannot use MLflow tracking store {uri!r}: {first}") from None
         return cls(uri, exp_id)
@@ -217,10 +275,13 @@ class Tracker:
     def log_text(self, run_id: str, text: str, name: str) -> None:
         self.client.log_text(run_id, text, name)
 
-    def fail(self, run_id: str, traceback_text: str, error: str) -> None:
-        """End a run FAILED with its traceback as `traceback.txt` and the error's last line as a tag."""
+    def fail(self, run_id: str, traceback_text: str, error: str, attempts: int | None = None) -> None:
+        """End a run FAILED with its traceback as `traceback.txt`, the error's last line as a tag and,
+        when known, how many attempts it made (`noharm.attempts`)."""
         self.client.log_text(run_id, traceback_text, "traceback.txt")
         self.client.set_tag(run_id, f"{TAG}error", error[:5000])
+        if attempts is not None:
+            self.client.set_tag(run_id, f"{TAG}attempts", str(attempts))
         self.client.set_terminated(run_id, "FAILED")
 
     def finish(self, run_id: str) -> bool:
@@ -277,10 +338,21 @@ class Tracker:
 
     # ---- reading a finished sweep ------------------------------------------------------------
     def frame(self, suite: str, stages: Iterable[str] = ("evaluate", "compose")) -> pd.DataFrame:
-        """One row per FINISHED run of the given stages: run_id, the noharm.* tags, and every metric."""
+        """One row per FINISHED (stage, key) of the given stages: run_id, the noharm.* tags, and every metric.
+
+        A key FINISHED more than once (two drivers that raced before leases existed) counts once,
+        its oldest run, as `finished_index`, the resume and `noharm report` do.
+        """
         rows = []
         for stage in stages:
-            for run in self.runs(suite=suite, stage=stage, status="FINISHED"):
+            seen: set[str] = set()
+            runs = sorted(self.runs(suite=suite, stage=stage, status="FINISHED"),
+                          key=lambda r: (r.info.start_time or 0, r.info.run_id))
+            for run in runs:
+                key = run.data.tags.get(f"{TAG}key", run.info.run_id)
+                if key in seen:
+                    continue
+                seen.add(key)
                 tags = {k.removeprefix(TAG): v for k, v in run.data.tags.items() if k.startswith(TAG)}
                 rows.append({"run_id": run.info.run_id, **tags, **run.data.metrics})
         return pd.DataFrame(rows)
@@ -297,9 +369,14 @@ def open_existing(experiment: str, tracking_uri: str | None = None) -> Tracker:
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    from bench.errors import ConfigError
-
     uri = tracking_uri or mlflow.get_tracking_uri()
+    check_tracking_uri(uri)
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        # Opening would create an empty store there; a reader must not leave files behind.
+        raise ConfigError(f"no MLflow store at {uri.removeprefix('sqlite:///')!r}; run a sweep first or check "
+                          "--tracking-uri")
+    check_sqlite_store(uri)
+    check_tracking_server(uri)
     try:
         exp = MlflowClient(tracking_uri=uri).get_experiment_by_name(experiment)
     except MlflowException as exc:
@@ -319,8 +396,6 @@ def finished_runs(tracker: Tracker, stage: str) -> list[dict[str, Any]]:
 def download_artifacts(tracker: Tracker, run_id: str, dst: str | os.PathLike, names: Iterable[str],
                        required: Iterable[str] = ("predictions.parquet",)) -> Path:
     """Download the named top-level artifacts of a run into `dst` (absent optional ones skipped); returns `dst`."""
-    from bench.errors import ConfigError
-
     dst = Path(dst)
     dst.mkdir(parents=True, exist_ok=True)
     present = {a.path for a in tracker.client.list_artifacts(run_id)}

@@ -23,6 +23,7 @@ import pandas as pd
 import torch
 
 from analysis import predictions as P
+from analysis.diagnostics import expert_diagnostics, feature_rows, warnings_text
 from analysis.metrics import evaluate
 from bench.errors import ConfigError
 from bench.objectives import canonical, make_objective
@@ -34,6 +35,8 @@ SCORED_SPLITS = ("val", "test")
 # Splits a trial scores and stores by default; train is added for methods that declare
 # `needs_train_predictions` and for trials that ask for it (`train_predictions`).
 STORED_SPLITS = ("val", "test")
+# What a trial's in-trial ERM reference takes from the method's settings: the budget and the architecture.
+BUDGET_HPARAMS = ("epochs", "batch_size", "patience", "backbone", "hidden", "pretrained")
 
 
 @dataclass
@@ -222,6 +225,10 @@ def run_trial(
         **{k: float(v) for k, v in stats.items() if k != "train_samples_per_second"},
     }
 
+    diagnostics = expert_diagnostics_of(method_cls, predictor, task, preds, grouping.names)
+    for line in warnings_text(diagnostics, method_cls.expert_candidate or ""):
+        log(line)
+
     selection: dict[str, Any] = {}
     if cfg.selectors and cfg.method != "erm":
         erm_preds = erm_reference(cfg, device, log)
@@ -231,6 +238,7 @@ def run_trial(
                                    candidate=method_cls.expert_candidate)
         metrics = score_predictions(preds, list(grouping.names))
 
+    metrics.update(diagnostics)
     notes = {
         "device": str(dev),
         "group_counts": grouping.counts.to_dict(orient="index"),
@@ -246,11 +254,28 @@ def run_trial(
     )
 
 
+def expert_diagnostics_of(method_cls, predictor, task: TaskData, preds: pd.DataFrame,
+                          group_names: tuple[str, ...]) -> dict[str, float]:
+    """Failure signatures (`diag/...`) of a method's per-group experts on validation; {} without experts."""
+    candidate = method_cls.expert_candidate
+    if candidate is None:
+        return {}
+    val = preds[preds["split"] == "val"]
+    if val.empty:
+        return {}
+    group_id = val["group_id"].to_numpy()
+    sample = feature_rows(group_id, len(group_names))  # a bounded subset: no full extra pass on large sets
+    features = predictor.features(task, task.indices("val")[sample])
+    return expert_diagnostics(val["y"].to_numpy(), P.proba(val, candidate), group_id, list(group_names), candidate,
+                              features, sample)
+
+
 def erm_reference(cfg: TrialConfig, device: str, log: Callable[[str], None]) -> pd.DataFrame:
     """ERM predictions for the same dataset, attribute and seed: loaded from a run folder, or trained now.
 
-    A trained-now ERM shares the method's settings that ERM also declares
-    (backbone, epochs, optimiser, ...), so the comparison is like for like.
+    A trained-now ERM gets the method's budget (BUDGET_HPARAMS: epochs, batch size, backbone, ...) and
+    keeps its own optimiser settings, so it is never a handicapped copy of the method's recipe (a sweep
+    searches ERM's settings like any method's; pass --erm PATH to use such a run here).
     """
     if cfg.erm_predictions:
         folder = Path(cfg.erm_predictions)
@@ -268,7 +293,7 @@ def erm_reference(cfg: TrialConfig, device: str, log: Callable[[str], None]) -> 
         return pd.read_parquet(folder / "predictions.parquet")
     from methods import get_method
 
-    shared = {k: v for k, v in cfg.hparams.items() if k in get_method("erm").hparams}
+    shared = {k: v for k, v in cfg.hparams.items() if k in BUDGET_HPARAMS}
     log("training pooled ERM for the no-harm selection")
     erm_cfg = replace(cfg, method="erm", hparams=shared, selectors=(), erm_predictions=None)
     return run_trial(erm_cfg, device=device).predictions

@@ -14,7 +14,10 @@ def get_dataset(name: str, **options) -> GroupDataset:
 
 
 # Built-in datasets (embedded and real-data loaders) register themselves on import.
-from datasets import adult, celeba, digits_shift, fairface, fitzpatrick17k, ham10000, harvard_gf, mimic_cxr, utkface  # noqa: E402,F401
+from datasets import (  # noqa: E402,F401
+    acs_income, adult, bank, celeba, compas, digits_shift, fairface, fitzpatrick17k, german, ham10000, harvard_gf,
+    mimic_cxr, utkface,
+)
 
 __all__ = [
     "DATASETS",

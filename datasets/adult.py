@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-from importlib import resources
-
 import numpy as np
 import pandas as pd
-from sklearn.compose import ColumnTransformer
-from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from datasets import register_dataset
 from datasets.base import DataBundle, DatasetError, GroupDataset
 from datasets.splits import stratified_assign
+from datasets.tabular import embedded_file, encode_features
 
 COLUMNS = [
     "age", "workclass", "fnlwgt", "education", "education-num", "marital-status",
@@ -30,8 +27,7 @@ EXPECTED_ROWS = {"adult.data": 32561, "adult.test": 16281}
 
 def read_raw(name: str) -> pd.DataFrame:
     """Read one of the shipped UCI files as a DataFrame (no rows dropped)."""
-    path = resources.files("datasets") / "data" / f"{name}.gz"
-    with resources.as_file(path) as p:
+    with embedded_file(f"{name}.gz") as p:
         df = pd.read_csv(
             p, header=None, names=COLUMNS, skipinitialspace=True, na_values="?",
             skiprows=1 if name == "adult.test" else 0, compression="gzip",
@@ -92,21 +88,9 @@ class Adult(GroupDataset):
         split = self.file_split(table["sample_id"], split)  # a split file's rows, before fitting on train
         table.insert(1, "split", split)
 
-        x = self._encode(raw, split == "train")
+        x = encode_features(raw, NUMERIC, CATEGORICAL, split == "train", log_scaled=LOG_SCALED)
         return DataBundle(
             name=self.name, table=table, x=x, num_classes=2, kind="tabular",
             class_names=["<=50K", ">50K"], attributes=list(self.attributes),
             dropped={"rows with missing values": n_missing},
         )
-
-    @staticmethod
-    def _encode(raw: pd.DataFrame, fit_rows: np.ndarray) -> np.ndarray:
-        """One-hot categoricals and standardised numerics, fitted on train rows only."""
-        feats = raw[NUMERIC + CATEGORICAL].copy()
-        feats[LOG_SCALED] = np.log1p(feats[LOG_SCALED])
-        encoder = ColumnTransformer([
-            ("num", StandardScaler(), NUMERIC),
-            ("cat", OneHotEncoder(handle_unknown="ignore", sparse_output=False), CATEGORICAL),
-        ])
-        encoder.fit(feats[fit_rows])
-        return encoder.transform(feats).astype(np.float32)

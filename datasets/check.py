@@ -64,7 +64,7 @@ def check_dataset(
     bundle = dataset.load(seed)
     specs = [attribute] if attribute else list(bundle.attributes)
     problems = list(getattr(dataset, "problems", []))
-    notes: list[str] = []
+    notes: list[str] = list(getattr(dataset, "notes", []))  # facts a loader reports (row counts, caches)
     if getattr(dataset, "cache_folder", None) is not None:
         notes.append(f"image cache {'built' if dataset.cache_built else 'reused'}: {dataset.cache_folder}")
     counts: dict[str, pd.DataFrame] = {}

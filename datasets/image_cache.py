@@ -25,9 +25,10 @@ import shutil
 import sys
 import tempfile
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -98,23 +99,32 @@ def load_or_build(
     """
     paths = [str(p) for p in paths]
     folder = cache_folder(paths, shape, settings, cache_dir, name)
-    key = folder.name
     if _complete(folder):
         return _open(folder, built=False)
+    with build_lock(folder, f"{name}: another process is building the image cache {folder}; waiting for it"):
+        if _complete(folder):  # built by the process we waited for
+            return _open(folder, built=False)
+        _build(folder, paths, decode, shape, settings, name, workers, progress)
+        return _open(folder, built=True)
+
+
+@contextmanager
+def build_lock(folder: Path, waiting_message: str) -> Iterator[None]:
+    """Hold the build lock of cache entry `folder`, waiting (and saying so on stderr) while another process builds.
+
+    Once held, partial folders left by a crashed build of the same key are removed.
+    """
     folder.parent.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(folder) + ".lock")
     try:
         lock.acquire(timeout=0)
     except Timeout:
-        print(f"{name}: another process is building the image cache {folder}; waiting for it", file=sys.stderr)
+        print(waiting_message, file=sys.stderr)
         lock.acquire()
     try:
-        if _complete(folder):  # built by the process we waited for
-            return _open(folder, built=False)
-        for stale in folder.parent.glob(f".{key}.partial-*"):  # left by a crashed build; we hold the lock
+        for stale in folder.parent.glob(f".{folder.name}.partial-*"):  # left by a crashed build; we hold the lock
             shutil.rmtree(stale, ignore_errors=True)
-        _build(folder, paths, decode, shape, settings, name, workers, progress)
-        return _open(folder, built=True)
+        yield
     finally:
         lock.release()
 

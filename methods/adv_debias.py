@@ -15,6 +15,13 @@ The adversary takes `adv_steps` updates per predictor update (default 5, at a
 higher learning rate than the predictor's): the method's argument assumes an
 adversary close to its best response; a slow one is fooled (the predictor
 encodes the group the other way round) rather than made blind.
+
+Defaults differ from AIF360's `AdversarialDebiasing` (the implementation
+most peers run): there alpha (adversary_loss_weight) is 0.1, the adversary
+takes one step per predictor step with the predictor's learning rate, and
+both learning rates decay exponentially. Here alpha is 1 and the adversary
+takes 5 steps at its own rate, for the reason above; AIF360's values are one
+`--set` away (alpha=0.1, adv_steps=1).
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from methods import register_method
 from methods.base import FitContext, TaskData
 from methods.batches import Batch
 from methods.hparams import Choice, Int, LogFloat
+from methods.provenance import Provenance
 from methods.training import TRAINING_HPARAMS, Classifier, TorchMethod, autocast
 
 
@@ -87,9 +95,18 @@ class DebiasModel(nn.Module):
 
 
 @register_method("adv-debias")
-class AdversarialDebiasing(TorchMethod):
+class AdversarialDebiasing(Provenance, TorchMethod):
     description = "Adversarial debiasing: projected predictor updates against an adversary predicting the group from the output"
     paper = "Zhang, Lemoine & Mitchell (2018), Mitigating unwanted biases with adversarial learning (AIES)"
+    reference = "Trusted-AI/AIF360 aif360/algorithms/inprocessing/adversarial_debiasing.py"
+    departures = (
+        "alpha defaults to 1 (AIF360: adversary_loss_weight 0.1) and the adversary takes adv_steps=5 steps per "
+        "predictor step at its own lr (AIF360: 1 step, the predictor's lr); both are hyperparameters",
+        "AIF360 decays both learning rates exponentially; here the shared schedule (cosine) applies to the "
+        "predictor and the adversary's Adam runs at a constant rate",
+        "more than two groups or classes: softmax adversary over groups, fed s and s x one-hot(y) "
+        "(the paper's binary sigmoid form generalised)",
+    )
     hparams = {
         **TRAINING_HPARAMS,
         "form": Choice("dp", choices=("dp", "eodds"), search=False),

@@ -74,6 +74,10 @@ class Predictor(ABC):
         """Weights to save as the run's artifact (empty when there is nothing to save)."""
         return {}
 
+    def features(self, task: TaskData, indices: np.ndarray) -> np.ndarray | None:
+        """float [len(indices), D]: the shared representation of the rows, for diagnostics; None without one."""
+        return None
+
     # Filled in by the training loop: epochs run, best epoch, samples seen.
     stats: dict[str, float] = {}
 

@@ -3,6 +3,13 @@
 Every sample's loss goes through its own group's head (routed by the true
 group), and each group's mean loss counts once, so small groups weigh as much
 as large ones in the head-specific part of the objective.
+
+Departure from peers: the loss is the *sum over groups* of each group's mean
+cross-entropy; Wang et al.'s domain-independent training as NH-Fair runs it
+(methods/cv/decoupled.py) takes the mean over samples of the routed
+cross-entropy (large groups weigh more). Inference routes by the true group,
+as NH-Fair's does (the paper's sum of every head's logits for an unknown
+group is not offered).
 """
 
 from __future__ import annotations

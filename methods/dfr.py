@@ -2,19 +2,30 @@
 
 Stage 1 trains backbone and head with plain cross-entropy on the train split
 (the shared loop; best epoch on validation). Stage 2 freezes everything and
-fits a new last layer on the backbone's features of held-out validation rows.
+fits a new last layer on the backbone's features of validation rows, as the
+reference `dfr_evaluate_spurious.py` (DFR on validation, its defaults
+`balance_dfr_val=True`, `notrain_dfr_val=True`) does:
 
-Validation data consumed. A seeded split (seed of the trial) cuts the
-validation rows into two halves:
-  * the first half is DFR's training data: every repeat draws a group-balanced
-    subset of it (each group, or group x label cell with `balance=group_label`,
-    downsampled to the smallest one's size) and fits an L1-regularised logistic
-    regression on standardised features; the repeats' weights are averaged;
-  * the second half is never trained on: with `tune_C` on, it only picks the
-    regularisation strength C from the paper's grid by worst-group accuracy.
-The training loop's best-epoch choice (stage 1) also reads all of validation,
-like every method's. Validation metrics of DFR are therefore optimistic on the
-first half; test is never touched.
+  * tune C (with `tune_C` on): a seeded split cuts validation into two
+    halves; one group-balanced draw from the first half (each DFR group
+    downsampled to the smallest one's size) is standardised on its own
+    statistics and fitted once per C of the paper's grid by an L1 logistic
+    regression (liblinear); the C with the best worst-group accuracy on the
+    second half wins (ties: the first in the grid's order);
+  * refit: `repeats` (the reference's `num_retrains`, 20) group-balanced
+    draws from the *whole* validation set, standardised with the statistics
+    of the train split's features, each fitted with the chosen C; the
+    layers' weights and biases are averaged.
+
+DFR's groups are the cells being balanced: group x label by default (the
+reference's Waterbirds/CelebA groups are label x spurious attribute), or the
+group alone with `balance=group`. More than two classes: one-vs-rest L1
+logistic regressions (what liblinear did for multiclass targets before
+scikit-learn 1.8 refused them), whose scores become the logits.
+
+Validation data consumed: the final layer is fitted on validation rows, so
+DFR's validation metrics (and any selector or table that ranks by them) are
+in-sample and optimistic; test is never touched.
 
 Candidates: `model` (the retrained last layer) and `base` (stage 1's own head).
 """
@@ -26,14 +37,17 @@ import sklearn
 import torch
 import torch.nn as nn
 from sklearn.linear_model import LogisticRegression
+from sklearn.multiclass import OneVsRestClassifier
 from sklearn.preprocessing import StandardScaler
 
 from datasets.base import DatasetError
 from methods import register_method
 from methods.base import FitContext, Predictor, TaskData
 from methods.batches import Batch
-from methods.hparams import Bool, Int, LogFloat
-from methods.sampling import BALANCE_HPARAM, cell_ids
+from methods.hparams import Bool, Choice, Int, LogFloat
+from methods.linear_layer import full_classes, linear_to_logits, load_standardised
+from methods.provenance import Provenance
+from methods.sampling import BALANCE, cell_ids
 from methods.training import TRAINING_HPARAMS, TorchMethod, TorchPredictor, train
 
 # The paper's grid of inverse L1 strengths.
@@ -41,7 +55,7 @@ C_GRID = (1.0, 0.7, 0.3, 0.1, 0.07, 0.03, 0.01)
 
 
 def split_validation(task: TaskData, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(first half, second half) of the validation rows by a seeded permutation; the first is DFR's training data."""
+    """(first half, second half) of the validation rows by a seeded permutation: C is fitted on the first, scored on the second."""
     val = task.indices("val")
     perm = np.random.default_rng(seed).permutation(len(val))
     half = len(val) // 2
@@ -54,17 +68,6 @@ def balanced_subset(rows: np.ndarray, cells: np.ndarray, rng: np.random.Generato
     m = int(counts.min())
     picks = [rng.choice(rows[cells == c], size=m, replace=False) for c in present]
     return np.sort(np.concatenate(picks))
-
-
-def linear_to_logits(coef: np.ndarray, intercept: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    """scikit-learn's (coef_, intercept_) as a [C, D] weight and [C] bias whose argmax / softmax make the same decisions.
-
-    Binary models have one row w: logits (-w/2, w/2) differ by w.x + b, so the
-    softmax is the model's own sigmoid.
-    """
-    if coef.shape[0] == 1 and num_classes == 2:
-        return np.concatenate([-coef / 2, coef / 2]), np.concatenate([-intercept / 2, intercept / 2])
-    return coef, intercept
 
 
 class DFRModel(nn.Module):
@@ -82,17 +85,28 @@ class DFRModel(nn.Module):
 
 
 @register_method("dfr")
-class DFR(TorchMethod):
-    description = ("Deep feature reweighting: ERM, then the last layer refit (L1 logistic regression) on group-balanced "
-                   "draws from the first half of validation; the second half only tunes C")
+class DFR(Provenance, TorchMethod):
+    description = ("Deep feature reweighting: ERM, then the last layer refit (L1 logistic regression, C tuned on "
+                   "validation halves) on 20 group x label balanced draws of validation, averaged")
     paper = ("Kirichenko, Izmailov & Wilson (2023), Last layer re-training is sufficient for robustness "
              "to spurious correlations (ICLR)")
+    reference = "PolinaKirichenko/deep_feature_reweighting dfr_evaluate_spurious.py (dfr_on_validation_tune / _eval)"
+    departures = (
+        "validation metrics are in-sample: the last layer is fitted on validation rows (the reference "
+        "reports test only); tables that rank or select by validation overrate dfr",
+        "stage 1 is this project's ERM (shared loop, best epoch on validation) rather than the reference's "
+        "separately trained checkpoint; its features are the backbone's output before the head",
+        "the class-weight grid of the reference is not searched: with balanced validation and no train rows "
+        "(the reference's defaults) it uses equal class weights too",
+        "more than two classes: one-vs-rest logistic regressions whose scores are softmaxed into probabilities "
+        "(argmax decisions are the one-vs-rest ones)",
+    )
     hparams = {
         **TRAINING_HPARAMS,
         "l1_C": LogFloat(1.0, low=0.01, high=1.0, search=False),  # used when tune_C is off
-        "tune_C": Bool(True),  # pick C from the paper's grid on the second half of validation
-        "repeats": Int(10, low=1, high=50, search=False),  # balanced draws averaged (the paper: 10)
-        "balance": BALANCE_HPARAM,
+        "tune_C": Bool(True),  # pick C from the paper's grid on the validation halves
+        "repeats": Int(20, low=1, high=50, search=False),  # balanced draws averaged (reference num_retrains=20)
+        "balance": Choice("group_label", choices=BALANCE),  # DFR's groups: group x label
     }
     candidates = ("model", "base")
 
@@ -119,49 +133,58 @@ class DFR(TorchMethod):
         """Frozen backbone features of `rows` (eval mode: BatchNorm statistics stay as trained)."""
         return predictor.map_rows(lambda model, batch: model.backbone(batch.x), rows, predictor.model.backbone.out_dim)
 
+    def cells(self, task: TaskData, rows: np.ndarray) -> np.ndarray:
+        """DFR's group of each row: what the draws balance and the worst-group accuracy ranges over."""
+        return cell_ids(task.group[rows], task.y[rows], task.num_classes, self.hp["balance"])
+
+    def choose_C(self, predictor: TorchPredictor, task: TaskData, ctx: FitContext) -> float:
+        """The grid's C with the best worst-group accuracy on the second validation half (one balanced draw of the first)."""
+        fit_rows, eval_rows = split_validation(task, ctx.seed)
+        if not self.hp["tune_C"] or len(eval_rows) == 0:
+            return self.hp["l1_C"]
+        rows = balanced_subset(fit_rows, self.cells(task, fit_rows), np.random.default_rng(ctx.seed))
+        if len(np.unique(task.y[rows])) < 2:
+            return self.hp["l1_C"]  # nothing to tune on; the refit below says so if it fails too
+        x_fit = self.features(predictor, rows)
+        scaler = StandardScaler().fit(x_fit)  # the reference scales the tuning fits on their own rows
+        x_fit = scaler.transform(x_fit)
+        x_eval = scaler.transform(self.features(predictor, eval_rows))
+        eval_cells = self.cells(task, eval_rows)
+        scores = []
+        for C in C_GRID:
+            coef, intercept = fit_l1_logistic(x_fit, task.y[rows], C, ctx.seed, task.num_classes)
+            scores.append(worst_group_accuracy(x_eval, task.y[eval_rows], eval_cells, coef, intercept))
+        return C_GRID[int(np.argmax(scores))]
+
     def retrain_last_layer(self, predictor: TorchPredictor, task: TaskData, ctx: FitContext) -> None:
-        """Stage 2: fit `last` on balanced draws from the first half of validation; only `last` changes."""
-        fit_rows, tune_rows = split_validation(task, ctx.seed)
-        cells = cell_ids(task.group[fit_rows], task.y[fit_rows], task.num_classes, self.hp["balance"])
-        feats = self.features(predictor, fit_rows)
-        scaler = StandardScaler().fit(feats)
-        feats = scaler.transform(feats)
-        grid = C_GRID if self.hp["tune_C"] and len(tune_rows) else (self.hp["l1_C"],)
-        tune_x = scaler.transform(self.features(predictor, tune_rows)) if len(grid) > 1 else None
-        self.retrain_rows: list[np.ndarray] = []  # the draws of the chosen C, kept for inspection
-        best = None
-        for C in grid:
-            rng = np.random.default_rng(ctx.seed)
-            coefs, intercepts, draws = [], [], []
-            for _ in range(self.hp["repeats"]):
-                rows = balanced_subset(fit_rows, cells, rng)
-                idx = np.searchsorted(fit_rows, rows)  # fit_rows is sorted
-                if len(np.unique(task.y[rows])) < 2:
-                    continue  # a one-class draw has nothing to fit
-                clf = l1_logistic_regression(C, ctx.seed)
-                clf.fit(feats[idx], task.y[rows])
-                coef, intercept = full_classes(clf, task.num_classes)
-                coefs.append(coef)
-                intercepts.append(intercept)
-                draws.append(rows)
-            if not coefs:
-                raise DatasetError("dfr: every balanced draw from the first validation half has a single class; "
-                                   "the validation split is too small for dfr, give it more rows")
-            coef, intercept = np.mean(coefs, axis=0), np.mean(intercepts, axis=0)
-            score = worst_group_accuracy(tune_x, task.y[tune_rows], task.group[tune_rows], coef, intercept) \
-                if tune_x is not None else 0.0
-            if best is None or score > best[0]:
-                best = (score, C, coef, intercept, draws)
-        _, self.chosen_C, coef, intercept, self.retrain_rows = best
-        # Fold the standardisation into the layer: W (x - mu) / s + b = (W / s) x + (b - W mu / s).
-        w = coef / scaler.scale_[None, :]
-        b = intercept - w @ scaler.mean_
-        model = predictor.model
+        """Stage 2: tune C, then fit `last` as the average of balanced refits on all of validation; only `last` changes."""
+        self.chosen_C = self.choose_C(predictor, task, ctx)
+        val = task.indices("val")
+        val_x = self.features(predictor, val)
+        # The reference standardises the refits with the train split's feature statistics.
+        scaler = StandardScaler().fit(self.features(predictor, task.indices("train")))
+        val_x = scaler.transform(val_x)
+        cells = self.cells(task, val)
+        rng = np.random.default_rng(ctx.seed)
+        coefs, intercepts = [], []
+        self.retrain_rows: list[np.ndarray] = []  # the draws, kept for inspection
+        for _ in range(self.hp["repeats"]):
+            rows = balanced_subset(val, cells, rng)
+            if len(np.unique(task.y[rows])) < 2:
+                continue  # a one-class draw has nothing to fit
+            idx = np.searchsorted(val, rows)  # val is sorted
+            coef, intercept = fit_l1_logistic(val_x[idx], task.y[rows], self.chosen_C, ctx.seed, task.num_classes)
+            coefs.append(coef)
+            intercepts.append(intercept)
+            self.retrain_rows.append(rows)
+        if not coefs:
+            raise DatasetError("dfr: every balanced draw from the validation split has a single class; "
+                               "the validation split is too small for dfr, give it more rows")
+        coef, intercept = np.mean(coefs, axis=0), np.mean(intercepts, axis=0)
+        load_standardised(predictor.model.last, coef, intercept, scaler)
         with torch.no_grad():
-            model.last.weight.copy_(torch.as_tensor(w, dtype=model.last.weight.dtype))
-            model.last.bias.copy_(torch.as_tensor(b, dtype=model.last.bias.dtype))
-            model.retrained.fill_(True)
-        predictor.stats = {**predictor.stats, "dfr_C": float(self.chosen_C), "dfr_rows": float(len(fit_rows))}
+            predictor.model.retrained.fill_(True)
+        predictor.stats = {**predictor.stats, "dfr_C": float(self.chosen_C), "dfr_rows": float(len(val))}
 
 
 def sklearn_version() -> tuple[int, int]:
@@ -170,7 +193,7 @@ def sklearn_version() -> tuple[int, int]:
 
 
 def l1_logistic_regression(C: float, seed: int) -> LogisticRegression:
-    """An L1-penalised logistic regression (liblinear), spelled for the installed scikit-learn.
+    """An L1-penalised binary logistic regression (liblinear), spelled for the installed scikit-learn.
 
     scikit-learn 1.8 deprecated `penalty` in favour of `l1_ratio`; before 1.8
     `l1_ratio` alone is ignored (the penalty stays L2).
@@ -180,16 +203,22 @@ def l1_logistic_regression(C: float, seed: int) -> LogisticRegression:
     return LogisticRegression(penalty="l1", C=C, solver="liblinear", random_state=seed)
 
 
-def full_classes(clf: LogisticRegression, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    """The fitted model as a [num_classes, D] weight and bias; classes absent from the draw get -inf-like bias."""
-    coef, intercept = linear_to_logits(clf.coef_, clf.intercept_, len(clf.classes_))
-    if len(clf.classes_) == num_classes:
-        return coef, intercept
-    # Some classes never appeared in the draw: they can never be predicted.
-    w = np.zeros((num_classes, coef.shape[1]))
-    b = np.full(num_classes, -1e4)
-    w[clf.classes_], b[clf.classes_] = coef, intercept
-    return w, b
+def fit_l1_logistic(x: np.ndarray, y: np.ndarray, C: float, seed: int, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Fit the L1 logistic regression and return it as a [num_classes, D] weight and [num_classes] bias.
+
+    Two classes in `y`: one liblinear model. More: one-vs-rest liblinear
+    models (liblinear's own multiclass scheme; scikit-learn >= 1.8 only runs it
+    through OneVsRestClassifier).
+    """
+    classes = np.unique(y)
+    if len(classes) > 2:
+        clf = OneVsRestClassifier(l1_logistic_regression(C, seed)).fit(x, y)
+        coef = np.concatenate([est.coef_ for est in clf.estimators_])
+        intercept = np.concatenate([np.atleast_1d(est.intercept_) for est in clf.estimators_])
+    else:
+        clf = l1_logistic_regression(C, seed).fit(x, y)
+        coef, intercept = linear_to_logits(clf.coef_, clf.intercept_, len(classes))
+    return full_classes(coef, intercept, clf.classes_, num_classes)
 
 
 def worst_group_accuracy(x: np.ndarray, y: np.ndarray, group: np.ndarray, coef: np.ndarray, intercept: np.ndarray) -> float:

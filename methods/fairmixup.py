@@ -20,6 +20,14 @@ the first) or, with `mix_at="features"` (default for images), through the
 backbone's features before the linear head, the paper's manifold variant,
 where the derivative has a closed form. The supervised loss is the plain
 cross-entropy of the batch.
+
+Departures from the reference (chingyaoc/fair-mixup): pairs are formed
+within the ordinary shuffled batch (the reference draws a separate, equally
+sized batch per group, and per group x label for EO); the manifold variant
+mixes right before the model's linear head (the reference's CelebA head is
+two layers, mixed before the first); the reference's scalar output (one
+sigmoid) becomes the mean over classes of |d/dt E p_c|, identical for two
+classes.
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ from methods import register_method
 from methods.base import FitContext, TaskData
 from methods.batches import Batch
 from methods.hparams import Choice, Float, LogFloat
+from methods.provenance import Provenance
 from methods.training import TRAINING_HPARAMS, TorchMethod
 
 
@@ -116,10 +125,18 @@ def set_means(values: torch.Tensor, set_id: torch.Tensor) -> torch.Tensor:
 
 
 @register_method("fairmixup")
-class FairMixup(TorchMethod):
+class FairMixup(Provenance, TorchMethod):
     description = ("Fair Mixup: cross-entropy + lam * |d/dt E f(t x_a + (1-t) x_b)| on mixup paths between groups "
                    "(DP, or EO within labels); inputs mixed for tabular data, features for images")
     paper = "Chuang & Mroueh (2021), Fair Mixup: fairness via interpolation (ICLR)"
+    reference = "chingyaoc/fair-mixup adult/utils.py (train_dp, train_eo), celeba/main_dp.py, celeba/main_eo.py"
+    departures = (
+        "pairs are formed within the ordinary shuffled batch (as many pairs as the smaller group has rows); "
+        "the reference draws a separate, equally sized batch per group (per group x label for EO)",
+        "manifold mixing happens right before the linear head; the reference's CelebA head has two layers",
+        "more than two classes: mean over classes of the absolute derivative of E p_c "
+        "(the reference has one sigmoid output)",
+    )
     hparams = {
         **TRAINING_HPARAMS,
         "lam": LogFloat(1.0, low=0.01, high=10.0),

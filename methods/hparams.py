@@ -1,15 +1,24 @@
-"""Hyperparameters declared once: default value plus search space.
+"""Hyperparameters declared once: default value, valid range and search space.
 
 One declaration serves the single run (defaults), `--set name=value`
-overrides (typed and checked here), the Optuna/Ray Tune search space and the
-docs (`noharm methods list`).
+overrides (typed and range-checked here), suite validation (the same check, so
+a bad value fails at the door instead of in every trial), the Optuna/Ray Tune
+search space and the docs (`noharm methods list`).
+
+Two ranges, on purpose: `low`/`high` is where the *search* looks; `ge`/`gt`/`le`/`lt`
+is what a value may be at all (a user may set `lr=1e-6`, outside the search, but
+never `lr=0`). The search range must lie inside the valid range.
 """
 
 from __future__ import annotations
 
 import math
+import operator
 from dataclasses import dataclass
 from typing import Any, Mapping
+
+
+_COMPARE = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt}
 
 
 class HparamError(ValueError):
@@ -33,13 +42,51 @@ class Param:
 
 
 @dataclass(frozen=True)
-class Float(Param):
+class Number(Param):
+    """A numeric hparam with an optional valid range: `ge` (>=), `gt` (>), `le` (<=), `lt` (<)."""
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+
+    def bounds(self) -> list[tuple[str, float]]:
+        """The declared limits as (operator, value), e.g. [(">=", 1)]."""
+        ge = None if self.gt is not None and self.ge is not None and self.gt >= self.ge else self.ge
+        le = None if self.lt is not None and self.le is not None and self.lt <= self.le else self.le
+        return [(op, v) for op, v in ((">=", ge), (">", self.gt), ("<=", le), ("<", self.lt)) if v is not None]
+
+    def admits(self, value: float) -> bool:
+        return all(_COMPARE[op](value, v) for op, v in self.bounds())
+
+    def check(self, name: str, value: Any) -> Any:
+        """`value` if inside the valid range, else HparamError naming the range."""
+        if not self.admits(value):
+            raise HparamError(f"hparam {name!r} must be {self.range_text()}, got {value!r}")
+        return value
+
+    def range_text(self) -> str:
+        return " and ".join(f"{op} {v:g}" for op, v in self.bounds())
+
+    def check_declaration(self) -> None:
+        """The default and the search range must be valid values (a declaration error, found at import)."""
+        if not self.low <= self.high:
+            raise HparamError(f"bad search range [{self.low}, {self.high}]")
+        for label, value in (("default", self.default), ("search low", self.low), ("search high", self.high)):
+            if (label == "default" or self.search) and not self.admits(value):
+                raise HparamError(f"{label} {value!r} is outside the valid range ({self.range_text()})")
+
+    def describe_range(self) -> str:
+        return f", must be {self.range_text()}" if self.bounds() else ""
+
+
+@dataclass(frozen=True)
+class Float(Number):
     low: float = 0.0
     high: float = 1.0
 
     def __post_init__(self) -> None:
-        if not self.low <= self.high:
-            raise HparamError(f"bad search range [{self.low}, {self.high}]")
+        self.check_declaration()
 
     def cast(self, name: str, raw: Any) -> float:
         if isinstance(raw, bool):
@@ -50,10 +97,11 @@ class Float(Param):
             raise HparamError(f"hparam {name!r} takes a number, got {raw!r}") from None
         if not math.isfinite(value):
             raise HparamError(f"hparam {name!r} must be finite, got {raw!r}")
-        return value
+        return self.check(name, value)
 
     def describe(self) -> str:
-        return f"float, default {self.default:g}" + (f", searched in [{self.low:g}, {self.high:g}]" if self.search else "")
+        return (f"float, default {self.default:g}" + self.describe_range()
+                + (f", searched in [{self.low:g}, {self.high:g}]" if self.search else ""))
 
     def tune_domain(self):
         from ray import tune
@@ -63,15 +111,19 @@ class Float(Param):
 
 @dataclass(frozen=True)
 class LogFloat(Float):
+    """A scale searched log-uniformly (its search range is positive; its valid range is what it declares)."""
+
     low: float = 1e-5
     high: float = 1.0
 
     def __post_init__(self) -> None:
         if not 0 < self.low <= self.high:
             raise HparamError(f"bad log search range [{self.low}, {self.high}]")
+        self.check_declaration()
 
     def describe(self) -> str:
-        return f"float, default {self.default:g}" + (f", searched log-uniformly in [{self.low:g}, {self.high:g}]" if self.search else "")
+        return (f"float, default {self.default:g}" + self.describe_range()
+                + (f", searched log-uniformly in [{self.low:g}, {self.high:g}]" if self.search else ""))
 
     def tune_domain(self):
         from ray import tune
@@ -80,10 +132,13 @@ class LogFloat(Float):
 
 
 @dataclass(frozen=True)
-class Int(Param):
+class Int(Number):
     low: int = 0
     high: int = 1
     log: bool = False
+
+    def __post_init__(self) -> None:
+        self.check_declaration()
 
     def cast(self, name: str, raw: Any) -> int:
         if isinstance(raw, bool):
@@ -94,10 +149,11 @@ class Int(Param):
             raise HparamError(f"hparam {name!r} takes an integer, got {raw!r}") from None
         if not as_float.is_integer():
             raise HparamError(f"hparam {name!r} takes an integer, got {raw!r}")
-        return int(as_float)
+        return self.check(name, int(as_float))
 
     def describe(self) -> str:
-        return f"int, default {self.default}" + (f", searched in [{self.low}, {self.high}]" if self.search else "")
+        return (f"int, default {self.default}" + self.describe_range()
+                + (f", searched in [{self.low}, {self.high}]" if self.search else ""))
 
     def tune_domain(self):
         from ray import tune

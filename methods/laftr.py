@@ -19,6 +19,12 @@ CE + adv_weight * L_adv. A gradient reversal layer between z and the adversary
 plays both sides in one backward pass: the adversary ascends L_adv, the
 encoder receives -adv_weight times its gradient. The paper's reconstruction
 decoder is left out (its weight is 0 in the paper's fair-classification runs).
+
+EqOpp conditions on y = 1, the positive outcome whose rate (TPR) equal
+opportunity equalises in this project's metrics; the original LAFTR code
+conditions on y = 0 (and masks the whole loss to those rows). MEDFAIR's and NH-Fair's
+LAFTR step their adversary so that it descends the objective it should
+ascend; this implementation follows the paper's max over the adversary.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from methods.base import FitContext, TaskData
 from methods.batches import Batch
 from methods.gradient_reversal import GradientReversal
 from methods.hparams import Choice, Float, HparamError, Int
+from methods.provenance import Provenance
 from methods.training import TRAINING_HPARAMS, TorchMethod
 
 OBJECTIVES = ("dp", "eqodds", "eqopp")
@@ -94,9 +101,20 @@ class LaftrModel(nn.Module):
 
 
 @register_method("laftr")
-class LAFTR(TorchMethod):
+class LAFTR(Provenance, TorchMethod):
     description = "LAFTR: adversary on the representation with the paper's group-normalised L1 objective for DP, EqOdds or EqOpp"
     paper = "Madras et al. (2018), Learning adversarially fair and transferable representations (ICML)"
+    reference = ("VectorInstitute/laftr src/codebase/models.py; osu-srml/NH-Fair methods/cv/laftr.py "
+                 "(adapted from MEDFAIR)")
+    departures = (
+        "eqopp conditions on y = 1 (equal true-positive rates); the original code conditions on y = 0",
+        "eqopp masks only the adversary's term to the y = 1 rows; the original masks the whole loss "
+        "(classification included) to its y = 0 rows",
+        "both players update in one backward pass per batch through gradient reversal; MEDFAIR/NH-Fair step "
+        "their adversary on class_loss - fair_coeff * L1, i.e. away from the group (not copied); NH-Fair offers "
+        "eqopp on y = 0 or y = 1",
+        "no reconstruction decoder (weight 0 in the paper's classification runs)",
+    )
     hparams = {
         **TRAINING_HPARAMS,
         "objective": Choice("dp", choices=OBJECTIVES, search=False),

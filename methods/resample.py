@@ -3,8 +3,10 @@
 Rows are drawn with replacement, with probability inverse to the size of
 their cell, as many per epoch as the train split has; the loss is plain
 cross-entropy. Small groups are therefore seen repeatedly, large ones
-subsampled; this is how Idrissi et al. implement RWG (group) and, with
-`balance=group_label`, balance group x label cells.
+subsampled. Idrissi et al.'s RWG samples this way with their groups being
+label x attribute cells: that is `balance=group_label`. The default
+(`balance=group`) balances the attribute's groups only, which no method of
+that paper does (NH-Fair's `resample` offers it as `resample_mode=group`).
 """
 
 from __future__ import annotations
@@ -14,14 +16,21 @@ import torch
 
 from methods import register_method
 from methods.base import FitContext, TaskData
+from methods.provenance import Provenance
 from methods.sampling import BALANCE_HPARAM, balanced_draw, cell_ids, inverse_frequency_weights
 from methods.training import TRAINING_HPARAMS, TorchMethod
 
 
 @register_method("resample")
-class Resample(TorchMethod):
+class Resample(Provenance, TorchMethod):
     description = "Group-balanced resampling: rows drawn with probability inverse to their group's (or group x label's) frequency"
     paper = "Idrissi et al. (2022), Simple data balancing achieves competitive worst-group-accuracy (CLeaR)"
+    reference = ("the paper's RWG definition; osu-srml/NH-Fair configs/sweep/resample.yaml (resample_mode group or "
+                 "balanced)")
+    departures = (
+        "default balance=group balances the attribute's groups only; Idrissi et al.'s RWG balances "
+        "label x attribute cells (balance=group_label)",
+    )
     hparams = {**TRAINING_HPARAMS, "balance": BALANCE_HPARAM}
 
     def setup(self, task: TaskData, ctx: FitContext) -> None:

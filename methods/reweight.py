@@ -3,7 +3,9 @@
 Weights are computed once on the train split and rescaled to mean 1, so every
 present cell carries the same total weight and the loss keeps ERM's scale;
 batches are drawn as in ERM. Same balance as `resample` in expectation, with
-the weights in the loss instead of in the sampler.
+the weights in the loss instead of in the sampler. Idrissi et al. define
+their groups as label x attribute cells (`balance=group_label`); the default
+balances the attribute's groups only.
 """
 
 from __future__ import annotations
@@ -15,14 +17,22 @@ import torch.nn.functional as F
 from methods import register_method
 from methods.base import FitContext, TaskData
 from methods.batches import Batch
+from methods.provenance import Provenance
 from methods.sampling import BALANCE_HPARAM, cell_ids, inverse_frequency_weights
 from methods.training import TRAINING_HPARAMS, TorchMethod
 
 
 @register_method("reweight")
-class Reweight(TorchMethod):
+class Reweight(Provenance, TorchMethod):
     description = "Group-balanced loss weights: cross-entropy weighted inverse to the group's (or group x label's) train frequency"
     paper = "Idrissi et al. (2022), Simple data balancing achieves competitive worst-group-accuracy (CLeaR)"
+    reference = "the paper's definitions (group-weighted loss); no reference code read"
+    departures = (
+        "default balance=group weights the attribute's groups only; the paper's groups are label x attribute "
+        "cells (balance=group_label)",
+        "weights are rescaled to mean 1 over the train rows, so the loss keeps ERM's scale (a constant factor "
+        "that only changes the effective learning rate against unnormalised weights)",
+    )
     hparams = {**TRAINING_HPARAMS, "balance": BALANCE_HPARAM}
 
     def setup(self, task: TaskData, ctx: FitContext) -> None:

@@ -25,16 +25,16 @@ from methods.hparams import Choice, Float, Int, LogFloat, Param, Text
 # Declared once; methods extend this dict (`{**TRAINING_HPARAMS, ...}`).
 TRAINING_HPARAMS: dict[str, Param] = {
     "optimizer": Choice("adam", choices=("adam", "sgd"), search=False),
-    "lr": LogFloat(1e-3, low=1e-4, high=1e-1),
-    "weight_decay": LogFloat(1e-4, low=1e-6, high=1e-2),
-    "momentum": Float(0.9, low=0.0, high=0.99, search=False),
-    "batch_size": Int(128, low=16, high=1024, search=False),
-    "epochs": Int(10, low=1, high=300, search=False),
+    "lr": LogFloat(1e-3, low=1e-4, high=1e-1, gt=0.0),
+    "weight_decay": LogFloat(1e-4, low=1e-6, high=1e-2, ge=0.0),
+    "momentum": Float(0.9, low=0.0, high=0.99, search=False, ge=0.0, lt=1.0),
+    "batch_size": Int(128, low=16, high=1024, search=False, ge=1),
+    "epochs": Int(10, low=1, high=300, search=False, ge=1),
     "schedule": Choice("cosine", choices=("cosine", "exp", "none"), search=False),
-    "lr_decay": Float(0.9, low=0.5, high=1.0, search=False),  # per-epoch factor for schedule=exp
-    "patience": Int(0, low=0, high=100, search=False),  # 0: run every epoch, still keep the best
+    "lr_decay": Float(0.9, low=0.5, high=1.0, search=False, gt=0.0, le=1.0),  # per-epoch factor for schedule=exp
+    "patience": Int(0, low=0, high=100, search=False, ge=0),  # 0: run every epoch, still keep the best
     "backbone": Choice("auto", choices=BACKBONES, search=False),
-    "hidden": Int(256, low=32, high=2048, search=False),  # MLP width
+    "hidden": Int(256, low=32, high=2048, search=False, ge=1),  # MLP width
     "pretrained": Text(""),  # local weights file for resnet18; never downloads
 }
 
@@ -184,6 +184,12 @@ class TorchPredictor(Predictor):
 
     def state_dict(self) -> dict[str, Any]:
         return {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+
+    def features(self, task: TaskData, indices: np.ndarray) -> np.ndarray | None:
+        backbone = getattr(self.model, "backbone", None)
+        if backbone is None or task is not self.source.task:
+            return None
+        return self.map_rows(lambda model, batch: model.backbone(batch.x), indices, backbone.out_dim)
 
 
 def autocast(ctx: FitContext):

@@ -109,6 +109,18 @@ def _cost(method: str, task: int, seed: int) -> dict[str, float]:
             "cost/train_samples_per_second": 1000.0 * (k + 1) + 10 * seed, "cost/peak_memory_mb": 200.0 + 10 * k}
 
 
+def diag_metrics(method: str, groups: tuple[str, ...], seed_index: int) -> dict[str, float]:
+    """Failure signatures of an experts method: fairsde-no-disc's first group predicts one class on seed 0."""
+    flagged = method == "fairsde-no-disc" and seed_index == 0
+    out = {}
+    for i, g in enumerate(groups):
+        bad = flagged and i == 0
+        out[f"diag/experts/bal_acc/group:{g}"] = 0.5 if bad else 0.9 - 0.01 * i - 0.005 * seed_index
+        out[f"diag/experts/majority_share/group:{g}"] = 1.0 if bad else 0.6
+    out["diag/experts/flagged_groups"] = float(flagged)
+    return out
+
+
 def _log(client, exp_id: str, name: str, tags: dict, metrics: dict, status: str = "FINISHED",
          artifact: Path | None = None) -> str:
     from mlflow.entities import Metric, Param, RunTag
@@ -157,6 +169,8 @@ def build_store(root: Path, experiment: str = "fixed", stress: bool = True) -> t
                     entry = method if c == cands[0] else f"{method} [{c}]"
                     metrics.update(_candidate_metrics(t, method, c, si, truth, entry))
                 metrics.update(_cost(method, t, seed))
+                if cands[0] == "experts":
+                    metrics.update(diag_metrics(method, groups, si))
                 tags = {**base, "noharm.stage": "evaluate", "noharm.method": method, "noharm.seed": seed,
                         "noharm.candidates": ",".join(cands), "noharm.key": f"{t}{method}{seed}"}
                 truth.run_ids[(t, method, seed)] = _log(client, exp_id, f"{method} s{seed}", tags, metrics)
@@ -249,7 +263,7 @@ def test_tidy_table_holds_every_number_with_real_group_names(analysis_collection
     tidy = analysis_collection.tidy
     assert tuple(tidy.columns) == TIDY_COLUMNS
     assert set(tidy["stage"]) == {"evaluate", "compose"}  # search and stress runs never enter
-    assert set(tidy["split"]) == {"val", "test", "cost", "selection"}
+    assert set(tidy["split"]) == {"val", "test", "cost", "selection", "diag"}
     # Group names with forbidden characters come back from the noharm.groups tag, not as `_` fragments.
     digits = tidy[tidy["dataset"] == "digits-shift"]
     assert set(digits[~digits["group"].isin(["overall", "worst", "gap"])]["group"]) == set(TASKS[1][3])
@@ -332,3 +346,31 @@ def test_stress_artifact_without_the_agreed_columns_is_rejected(tmp_path, analys
     _log(client, exp, "stress", {"noharm.stage": "stress"}, {}, artifact=path)
     with pytest.raises(AnalysisError, match="stress.parquet of MLflow run .* lacks column\\(s\\) dataset"):
         collect(name, analysis_store[0])
+
+
+def test_expert_signatures_and_reference_recipe(analysis_collection):
+    from analysis.tables import expert_signatures, reference_text
+
+    sig = expert_signatures(analysis_collection.tidy).set_index(["dataset", "entry"])
+    for t, (dataset, _, _, groups) in enumerate(TASKS):
+        # Worst group over groups, then mean over seeds, of what diag_metrics wrote.
+        worst = [min(diag_metrics("fairsde", groups, si)[f"diag/experts/bal_acc/group:{g}"] for g in groups)
+                 for si in range(len(SEEDS))]
+        assert sig.loc[(dataset, "fairsde"), "bal_acc_worst"] == pytest.approx(np.mean(worst))
+        assert (sig.loc[(dataset, "fairsde"), "flagged_runs"], sig.loc[(dataset, "fairsde"), "runs"]) == (0, 3)
+        assert (sig.loc[(dataset, "fairsde-no-disc"), "flagged_runs"], sig.loc[(dataset, "decoupled"), "runs"]) == (1, 3)
+        assert (dataset, "erm") not in sig.index and (dataset, "fairsde [centers]") not in sig.index
+    text = reference_text(analysis_collection)
+    assert "pooled ERM" in text and "adult (income) · groups by sex: lr 0.001" in text
+
+
+def test_experts_taken_counts_every_compose_choice(analysis_collection):
+    from analysis.tables import experts_taken
+
+    taken = experts_taken(analysis_collection.tidy).set_index(["dataset", "strategy"])
+    for dataset, _, _, groups in TASKS:
+        for strategy in STRATEGIES:
+            # build_store: every compose run keeps the expert for its first group only.
+            n_runs = len(COMPOSED) * len(SEEDS)
+            assert (taken.loc[(dataset, strategy), "experts_taken"], taken.loc[(dataset, strategy), "choices"]) == \
+                (n_runs, n_runs * len(groups))

@@ -1,4 +1,4 @@
-"""DFR: stage 2 changes only the last layer, trained on group-balanced draws from the first half of validation."""
+"""DFR: stage 2 changes only the last layer: C tuned on validation halves, then averaged balanced refits on all of validation."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ import torch
 
 from datasets.base import DatasetError
 from methods import FitContext, get_method
-from methods.dfr import C_GRID, l1_logistic_regression, linear_to_logits, split_validation
+from methods.base import TaskData
+from methods.dfr import C_GRID, balanced_subset, l1_logistic_regression, split_validation
+from methods.linear_layer import linear_to_logits
 from methods.training import train
 from tests.conftest import make_task
 
@@ -53,61 +55,129 @@ def test_only_the_last_layer_changes():
     assert not np.allclose(out["model"], out["base"])
 
 
+def test_defaults_are_the_references():
+    method = get_method("dfr")()
+    assert method.hp["repeats"] == 20  # num_retrains=20 in dfr_on_validation_eval
+    assert method.hp["balance"] == "group_label"  # DFR's groups: label x spurious attribute
+
+
 @pytest.mark.parametrize("balance", ["group", "group_label"])
-def test_draws_are_balanced_and_come_from_the_first_half_only(balance):
+def test_draws_are_balanced_and_come_from_the_whole_validation_set(balance):
     task = skewed_task()
     method, predictor, ctx = stage_one(task, {"balance": balance})
     method.retrain_last_layer(predictor, task, ctx)
     first, second = split_validation(task, ctx.seed)
     assert len(method.retrain_rows) == 3
     for rows in method.retrain_rows:
-        assert np.isin(rows, first).all() and not np.isin(rows, second).any()
+        assert np.isin(rows, task.indices("val")).all()
         assert len(np.unique(rows)) == len(rows)
         cells = task.group[rows] if balance == "group" else task.group[rows] * 2 + task.y[rows]
         counts = np.bincount(cells)
         assert len(set(counts[counts > 0])) == 1  # every cell the same size
-    # The draw differs from the raw (skewed) first half.
-    assert np.bincount(task.group[first])[1] < np.bincount(task.group[first])[0]
+    drawn = np.concatenate(method.retrain_rows)
+    assert np.isin(drawn, first).any() and np.isin(drawn, second).any()  # both halves refit the layer
+    # The draw differs from the raw (skewed) validation set.
+    assert np.bincount(task.group[task.indices("val")])[1] < np.bincount(task.group[task.indices("val")])[0]
 
 
-def test_second_half_never_trains_the_layer():
-    """With C fixed, relabelling the second half (or the test split) leaves the retrained layer unchanged."""
-    weights = []
-    for flip in (False, True):
-        task = skewed_task()
-        _, second = split_validation(task, 0)
-        if flip:
-            task.y[second] = 1 - task.y[second]
-            task.y[task.indices("test")] = 1 - task.y[task.indices("test")]
-        method, predictor, ctx = stage_one(task, {"tune_C": False, "l1_C": 0.3})
-        method.retrain_last_layer(predictor, task, ctx)
-        weights.append(predictor.model.last.weight.detach().clone())
-    assert torch.equal(weights[0], weights[1])
-
-
-def test_retrained_layer_realises_the_logistic_regression():
-    """One draw, fixed C: the layer's logits equal scikit-learn's decision function on the standardised features."""
-    task = skewed_task()
-    method, predictor, ctx = stage_one(task, {"tune_C": False, "l1_C": 0.5, "repeats": 1})
-    method.retrain_last_layer(predictor, task, ctx)
-    first, _ = split_validation(task, ctx.seed)
-    feats_first = method.features(predictor, first)
-    mean, std = feats_first.mean(0), feats_first.std(0)
+def reference_refit(train_x, draws_x, draws_y, C):
+    """dfr_on_validation_eval written out: scaler fitted on the train features, one L1 liblinear fit per
+    balanced draw, coefficients and intercepts averaged; returns the averaged decision function."""
+    mean, std = train_x.mean(0), train_x.std(0)
     std[std == 0] = 1.0
-    rows = method.retrain_rows[0]
-    clf = l1_logistic_regression(0.5, ctx.seed).fit((method.features(predictor, rows) - mean) / std, task.y[rows])
+    coefs, intercepts = [], []
+    for x, y in zip(draws_x, draws_y):
+        clf = l1_logistic_regression(C, 0).fit((x - mean) / std, y)
+        coefs.append(clf.coef_)
+        intercepts.append(clf.intercept_)
+    coef, intercept = np.mean(coefs, axis=0), np.mean(intercepts, axis=0)
+    return lambda x: ((x - mean) / std) @ coef[0] + intercept[0]
+
+
+def test_retrained_layer_is_the_average_of_the_references_refits():
+    task = skewed_task()
+    method, predictor, ctx = stage_one(task, {"tune_C": False, "l1_C": 0.5, "repeats": 4})
+    method.retrain_last_layer(predictor, task, ctx)
+    rows = method.retrain_rows
+    decision = reference_refit(method.features(predictor, task.indices("train")),
+                               [method.features(predictor, r) for r in rows], [task.y[r] for r in rows], 0.5)
     test = task.indices("test")
     feats = method.features(predictor, test)
     logits = predictor.model.last(torch.from_numpy(feats)).detach().numpy()
-    np.testing.assert_allclose(logits[:, 1] - logits[:, 0], clf.decision_function((feats - mean) / std), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(logits[:, 1] - logits[:, 0], decision(feats), rtol=1e-4, atol=1e-4)
     assert method.chosen_C == 0.5
 
 
-def test_c_is_tuned_on_the_grid():
+def test_c_is_the_references_choice_on_the_halves():
+    """dfr_on_validation_tune written out: one balanced draw of one half, scaled on itself, one fit per C,
+    the first C with the best worst-group accuracy on the other half."""
     task = skewed_task()
     method, predictor, ctx = stage_one(task, {"repeats": 1})
     method.retrain_last_layer(predictor, task, ctx)
-    assert method.chosen_C in C_GRID and predictor.stats["dfr_C"] == method.chosen_C
+    first, second = split_validation(task, ctx.seed)
+    cells = lambda rows: task.group[rows] * 2 + task.y[rows]  # noqa: E731
+    rows = balanced_subset(first, cells(first), np.random.default_rng(ctx.seed))
+    x = method.features(predictor, rows)
+    mean, std = x.mean(0), x.std(0)
+    std[std == 0] = 1.0
+    x_eval = (method.features(predictor, second) - mean) / std
+    worst = []
+    for C in C_GRID:
+        pred = l1_logistic_regression(C, 0).fit((x - mean) / std, task.y[rows]).predict(x_eval)
+        c = cells(second)
+        worst.append(min((pred[c == k] == task.y[second][c == k]).mean() for k in np.unique(c)))
+    assert method.chosen_C == C_GRID[int(np.argmax(worst))]
+    assert predictor.stats["dfr_C"] == method.chosen_C
+
+
+def test_multiclass_target():
+    """Three classes (the label is the largest of three features): one-vs-rest layers, every class predicted."""
+    rng = np.random.default_rng(0)
+    task = make_task(n=900, num_classes=3)
+    task.x = rng.normal(size=task.x.shape).astype(np.float32)
+    task.y = np.argmax(task.x[:, :3] + 0.3 * rng.normal(size=(900, 3)), axis=1)
+    predictor = get_method("dfr")({**FAST, "epochs": 3}).fit(task, FitContext(seed=0))
+    test = task.indices("test")
+    proba = predictor.predict_proba(task, test)["model"]
+    assert proba.shape == (len(test), 3)
+    np.testing.assert_allclose(proba.sum(1), 1.0, rtol=1e-5)
+    assert predictor.model.last.weight.shape[0] == 3
+    assert (proba.argmax(1) == task.y[test]).mean() > 0.6  # chance is 1/3
+    assert len(np.unique(proba.argmax(1))) == 3
+
+
+def spurious_task(seed: int = 0) -> TaskData:
+    """Train: the attribute a (a clean feature) agrees with y in 95% of rows; val and test: a independent of y.
+
+    The core feature predicts y everywhere but is noisier, so ERM leans on a and fails the y != a groups.
+    """
+    rng = np.random.default_rng(seed)
+    n_train, n_val, n_test = 2000, 1000, 1000
+    n = n_train + n_val + n_test
+    y = rng.integers(0, 2, n)
+    agree = np.concatenate([rng.random(n_train) < 0.95, rng.random(n - n_train) < 0.5])
+    a = np.where(agree, y, 1 - y)
+    x = np.stack([(2 * y - 1) + 1.0 * rng.normal(size=n), (2 * a - 1) + 0.1 * rng.normal(size=n),
+                  rng.normal(size=n)], 1).astype(np.float32)
+    split = np.array(["train"] * n_train + ["val"] * n_val + ["test"] * n_test)
+    return TaskData(x=x, y=y.astype(np.int64), group=a.astype(np.int64), split=split, n_groups=2,
+                    group_names=("a0", "a1"), num_classes=2, kind="tabular")
+
+
+def test_improves_worst_group_accuracy_on_a_spurious_feature():
+    task = spurious_task()
+    predictor = get_method("dfr")({"backbone": "mlp", "hidden": 32, "batch_size": 64, "epochs": 5, "lr": 3e-3,
+                                   "repeats": 5}).fit(task, FitContext(seed=0))
+    test = task.indices("test")
+    out = predictor.predict_proba(task, test)
+    cell = task.group[test] * 2 + task.y[test]
+
+    def worst(proba):
+        right = proba.argmax(1) == task.y[test]
+        return min(right[cell == k].mean() for k in range(4))
+
+    assert worst(out["base"]) < 0.6  # ERM follows the spurious attribute
+    assert worst(out["model"]) > worst(out["base"]) + 0.15
 
 
 def test_binary_layer_softmax_is_the_sigmoid():

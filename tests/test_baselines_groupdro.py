@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from methods import FitContext, get_method
 from methods.batches import BatchSource
@@ -92,3 +93,25 @@ def test_bad_eta_is_refused():
 
     with pytest.raises(HparamError, match="eta"):
         get_method("groupdro")({"eta": "fast"})
+
+
+def test_label_x_attribute_groups_follow_the_reference_update():
+    """groups=group_label: one weight per (group, label) cell, updated as Sagawa et al.'s LossComputer does:
+    per-cell mean loss (0 for an absent cell), q <- q * exp(eta * loss), q <- q / sum q, loss = sum q * cell loss."""
+    task = make_task(n=200)
+    method = get_method("groupdro")({**FAST, "groups": "group_label", "eta": 0.3})
+    method.setup(task, FitContext())
+    assert method.q.shape == (4,)
+    torch.manual_seed(0)
+    model = method.build_model(task).eval()
+    rows = task.indices("train")[:40]
+    batch = BatchSource(task, torch.device("cpu")).batch(rows)
+    with torch.no_grad():
+        ce = F.cross_entropy(model(batch.x), batch.y, reduction="none").numpy()
+        got = float(method.training_loss(model, batch))
+    cell = task.group[rows] * 2 + task.y[rows]
+    cell_loss = np.array([ce[cell == c].mean() if (cell == c).any() else 0.0 for c in range(4)])
+    q = np.full(4, 0.25) * np.exp(0.3 * cell_loss)
+    q /= q.sum()
+    np.testing.assert_allclose(method.q.numpy(), q, rtol=1e-5)
+    assert got == pytest.approx(float(q @ cell_loss), rel=1e-5)

@@ -20,7 +20,7 @@ def test_help_and_listings(capsys):
     assert "adult  [tabular]" in out and "digits-shift  [image]" in out and "race5" in out
     assert main(["methods", "list", "-v"]) == 0
     out = capsys.readouterr().out
-    assert "erm  Pooled ERM" in out and "lr: float, default 0.001, searched log-uniformly" in out
+    assert "erm  Pooled ERM" in out and "lr: float, default 0.001, must be > 0, searched log-uniformly" in out
 
 
 def test_trial_prints_table_and_writes_outputs(tmp_path, capsys):
@@ -42,7 +42,7 @@ def test_trial_prints_table_and_writes_outputs(tmp_path, capsys):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--dataset", "nope"], "unknown dataset 'nope'; choose one of: adult, "),
+        (["--dataset", "nope"], "unknown dataset 'nope'; choose one of: acs-income, adult, "),
         (["--dataset", "adult", "--attribute", "height"], "unknown attribute 'height'; choose one of: sex, race, race5, age"),
         (["--dataset", "adult", "--target", "age"], "unknown target 'age' for dataset 'adult'; choose one of: income"),
         (["--method", "magic"], "unknown method 'magic'; choose one of:"),

@@ -124,17 +124,17 @@ def test_diversity_loss_hand_numbers_without_partner_or_negative():
     z = torch.tensor([[1.0, 0.0]], dtype=torch.float64)
     cos = torch.tensor([[[0.5], [0.0]]], dtype=torch.float64)
     y, a, pos, neg = torch.tensor([0]), torch.tensor([0]), torch.tensor([0]), torch.tensor([-1])
-    scaled = diversity_loss(z, cos, y, a, pos, neg, tau=0.5)
+    scaled = diversity_loss(z, cos, y, a, pos, neg, tau=0.5, center_negatives="scaled")
     reference = diversity_loss(z, cos, y, a, pos, neg, tau=0.5, center_negatives="reference")
     assert scaled.item() == pytest.approx(-(1 + math.log(1 + math.e)), rel=1e-12)
     assert reference.item() == pytest.approx(math.log(2) - 1 - math.log(1 + math.e), rel=1e-12)
 
 
-def test_diversity_loss_default_is_scaled_with_tau_0_07(small):
+def test_diversity_loss_default_is_the_reference_with_tau_0_07(small):
     args = (small["z"], small["cos_sim"], small["y"], small["a"], torch.arange(7), torch.full((7,), -1))
-    explicit = diversity_loss(*args, tau=0.07, center_negatives="scaled")
+    explicit = diversity_loss(*args, tau=0.07, center_negatives="reference", form="reference")
     assert diversity_loss(*args).item() == explicit.item()
-    assert diversity_loss(*args, center_negatives="reference").item() != pytest.approx(explicit.item())
+    assert diversity_loss(*args, center_negatives="scaled").item() != pytest.approx(explicit.item())
 
 
 def test_diversity_loss_is_stable_where_exp_overflows_float32():
@@ -143,7 +143,7 @@ def test_diversity_loss_is_stable_where_exp_overflows_float32():
     cos = torch.tensor([[[0.99, 0.98], [0.97, 0.5]]]).expand(3, 2, 2).contiguous()
     y, a = torch.tensor([0, 0, 0]), torch.tensor([0, 0, 1])
     pos, neg = torch.tensor([1, 0, 2]), torch.tensor([2, 2, 0])
-    got = diversity_loss(z, cos, y, a, pos, neg, tau=0.005)
+    got = diversity_loss(z, cos, y, a, pos, neg, tau=0.005, center_negatives="scaled")
     expected = diversity_by_loop(z.double(), cos.double(), y.tolist(), a.tolist(), pos.tolist(), neg.tolist(), 0.005, "scaled")
     assert torch.isfinite(got) and got.item() == pytest.approx(expected, rel=1e-4)
 
@@ -155,7 +155,7 @@ def test_diversity_loss_gradient_matches_direct_formula(small):
     neg = torch.tensor([2, -1, 0, 4, -1, 6, 5])
     z1 = small["z"].clone().requires_grad_(True)
     c1 = small["cos_sim"].clone().requires_grad_(True)
-    diversity_loss(z1, c1, y, a, pos, neg, tau=0.2).backward()
+    diversity_loss(z1, c1, y, a, pos, neg, tau=0.2, center_negatives="scaled").backward()
     z2 = small["z"].clone().requires_grad_(True)
     c2 = small["cos_sim"].clone().requires_grad_(True)
     terms = []

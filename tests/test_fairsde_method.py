@@ -34,18 +34,34 @@ def batch_of(task, n: int = 48):
 # ---------------------------------------------------------------- declaration
 
 
-def test_registered_with_candidates_and_defaults_as_released():
+def test_registered_with_candidates_and_defaults_of_the_authors_train_py():
     cls = get_method("fairsde")
     assert cls is FairSDE and cls.candidates == ("experts", "centers", "routed") and cls.expert_candidate == "experts"
     assert cls.description and "2511.06293" in cls.paper
     hp = cls().hp
-    assert (hp["lambda_disc"], hp["lambda_virt"], hp["lambda_div"], hp["tau"], hp["t_v"]) == (0.1, 1.0, 1.0, 0.07, 0.1)
-    assert (hp["optimizer"], hp["momentum"], hp["weight_decay"], hp["schedule"], hp["lr_decay"]) == ("sgd", 0.9, 1e-4, "exp", 0.9)
-    assert hp["center_negatives"] == "scaled"
+    # argparse defaults of Carco-git/FairSDE train.py: lambda1 = lambda2 = lambda3 = 0.1, temperature 0.07,
+    # SGD lr 0.01 momentum 0.9 weight decay 1e-4, StepLR(step 1, gamma 0.9); t_v = 0.1 is hard-coded there.
+    assert (hp["lambda_disc"], hp["lambda_virt"], hp["lambda_div"], hp["tau"], hp["t_v"]) == (0.1, 0.1, 0.1, 0.07, 0.1)
+    assert (hp["optimizer"], hp["lr"], hp["momentum"], hp["weight_decay"], hp["schedule"], hp["lr_decay"]) == \
+        ("sgd", 0.01, 0.9, 1e-4, "exp", 0.9)
+    assert hp["center_negatives"] == "reference" and hp["div_form"] == "reference"
     searched = {k for k, p in cls.hparams.items() if p.search}
     assert searched == {"lr", "lambda_disc", "lambda_virt", "lambda_div", "tau"}
+    for name in ("lambda_virt", "lambda_div"):
+        assert (cls.hparams[name].low, cls.hparams[name].high) == (0.01, 1.0)
+    assert (cls.hparams["lr"].low, cls.hparams["lr"].high) == (1e-3, 1e-1)
     space = search_space(cls.hparams)
-    assert space["t_v"] == 0.1 and space["center_negatives"] == "scaled"
+    assert space["t_v"] == 0.1 and space["center_negatives"] == "reference"
+
+
+def test_nce_variant_differs_only_in_the_diversity_form():
+    nce, ref = get_method("fairsde-nce"), FairSDE
+    assert issubclass(nce, FairSDE) and "not the authors" in nce.description
+    a, b = nce().hp, ref().hp
+    assert a["div_form"] == "infonce" and {k for k in a if a[k] != b[k]} == {"div_form"}
+    for name, weight in (("fairsde-nce-no-disc", "lambda_disc"), ("fairsde-nce-no-virt", "lambda_virt")):
+        hp = get_method(name)().hp
+        assert hp[weight] == 0.0 and hp["div_form"] == "infonce"
 
 
 @pytest.mark.parametrize("name,weight", sorted(ABLATIONS.items()))
@@ -188,7 +204,8 @@ def full_objective(model, batch, hp, drop: str, pair_seed: int) -> torch.Tensor:
     loss = (L.group_classification_loss(out.logits, y, a)
             + weights["lambda_disc"] * L.discriminator_loss(out.group_logits, a)
             + weights["lambda_virt"] * L.virtual_center_loss(out.cos_sim, y, a, hp["t_v"])
-            + weights["lambda_div"] * L.diversity_loss(out.z, out.cos_sim, y, a, pos, neg, hp["tau"]))
+            + weights["lambda_div"] * L.diversity_loss(out.z, out.cos_sim, y, a, pos, neg, hp["tau"],
+                                                       center_negatives=hp["center_negatives"], form=hp["div_form"]))
     if drop == "lambda_disc":
         # The no-disc variant still fits the routing discriminator, on detached features only.
         loss = loss + L.discriminator_loss(model.discriminator(model.backbone(batch.x).detach()), a)

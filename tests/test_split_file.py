@@ -135,3 +135,17 @@ def test_the_split_files_content_is_in_the_trial_key(tmp_path):
     second = trial_key(TrialConfig(**base, dataset_options={"split_file": str(path)}))
     assert len({plain, first, second}) == 3
     assert trial_key(TrialConfig(**base, train_predictions=True)) != plain
+
+
+def test_a_tabular_dataset_fits_its_encoding_on_the_files_train_rows(tmp_path):
+    """The shared tabular loader (german, compas, bank, acs-income) splits by the file before fitting its scaler."""
+    own = get_dataset("german").load(0)
+    ids = own.table["sample_id"].to_numpy()
+    split = shuffled_split(ids, 5, (0.6, 0.2, 0.2))
+    bundle = get_dataset("german", split_file=write_split(tmp_path / "g.csv", ids, split)).load(0)
+    assert np.array_equal(bundle.table["split"].to_numpy(object), split)
+    train = split == "train"
+    # Some column is standardised: mean 0 on the file's training rows, not on the dataset's own.
+    col = int(np.argmax(np.abs(own.x[own.table["split"].to_numpy() == "train"]).std(axis=0)))
+    assert abs(bundle.x[train, col].astype(np.float64).mean()) < 1e-4
+    assert not np.allclose(bundle.x[:, col], own.x[:, col])

@@ -332,12 +332,12 @@ def test_grid_fixed_overrides_precedence_and_no_search_when_all_fixed():
 
     raw = {**GOOD, "hparams": {"epochs": 1, "lr": 0.1},
            "datasets": [{"name": "adult", "attributes": ["sex"], "hparams": {"lr": 0.2, "batch_size": 64}}],
-           "methods": [{"erm": {"lr": 0.3, "weight_decay": 0.0}}, "decoupled"], "selectors": []}
+           "methods": [{"erm": {"lr": 0.3, "weight_decay": 0.0, "optimizer": "sgd"}}, "decoupled"], "selectors": []}
     suite = parse_suite(raw)
     cells = {c.method: c for c in grid.cells(suite)}
-    assert cells["erm"].fixed == {"epochs": 1, "lr": 0.3, "batch_size": 64, "weight_decay": 0.0}
+    assert cells["erm"].fixed == {"epochs": 1, "lr": 0.3, "batch_size": 64, "weight_decay": 0.0, "optimizer": "sgd"}
     assert cells["decoupled"].fixed == {"epochs": 1, "lr": 0.2, "batch_size": 64}
-    assert not cells["erm"].searched  # lr and weight_decay fixed: nothing left to search
+    assert not cells["erm"].searched  # optimizer, lr and weight_decay fixed: nothing left to search
     assert cells["decoupled"].searched
     cfg = grid.trial_config(suite, cells["decoupled"], {"lr": 0.9, "weight_decay": 1e-3}, seed=1)
     assert cfg.hparams["lr"] == 0.2 and cfg.hparams["weight_decay"] == 1e-3 and cfg.hparams["epochs"] == 1

@@ -201,6 +201,19 @@ def test_rerun_skips_everything(digits_sweep):
     assert len(runs) == 12 and Counter(r.info.status for r in runs) == {"FINISHED": 12}
 
 
+def test_outcome_rebuilt_from_mlflow_as_under_ray_client(digits_sweep):
+    """Under Ray Client the searcher runs on the cluster; the driver rebuilds the outcome from MLflow."""
+    from bench.sweep import searcher_from_store
+
+    suite, outcome = digits_sweep
+    tracker = tracker_of(outcome)
+    invocation = tracker.runs(suite="digits", stage="evaluate")[0].data.tags["noharm.invocation"]
+    rebuilt = searcher_from_store(suite, tracker, invocation)
+    assert rebuilt.is_done() and not rebuilt.failures
+    assert {k: (v.planned, v.skipped) for k, v in rebuilt.counts.items()} == {
+        "search": (4, 4), "evaluate": (4, 4), "compose": (2, 2)}
+
+
 def test_failing_plugin_method_is_recorded_and_the_rest_finishes(ray_session, tmp_path, capsys):
     from bench.cli import main
     from bench.tracking import Tracker
@@ -233,6 +246,14 @@ def test_failing_plugin_method_is_recorded_and_the_rest_finishes(ray_session, tm
     assert not any(m == "always-fails" and s == "compose" for m, s, _ in status)
     failed = next(r for r in runs if r.info.status == "FAILED")
     assert failed.data.tags["noharm.error"] == "RuntimeError: always-fails: this test method fails on purpose"
+    assert failed.data.tags["noharm.attempts"] == "2"  # the first try and `retries: 1`
+    from bench.suite import load_suite
+    from bench.sweep import searcher_from_store
+
+    rebuilt = searcher_from_store(load_suite(path), tracker, failed.data.tags["noharm.invocation"])
+    assert sorted((f.stage, f.what) for f in rebuilt.failures) == [
+        ("evaluate", "tiny-blobs/side/always-fails s0"), ("evaluate", "tiny-blobs/side/always-fails s1")]
+    assert rebuilt.counts["evaluate"].failed == 2
     with tempfile.TemporaryDirectory() as tmp:
         text = tracker.download(failed.info.run_id, "traceback.txt", tmp).read_text()
     assert "attempt 1 of 2" in text and "attempt 2 of 2" in text and "fails on purpose" in text

@@ -20,3 +20,41 @@ def parse_options(items: list[str] | None) -> dict[str, object]:
             raise UsageError(f"--option expects key=value, got {item!r}")
         out[key.strip()] = yaml.safe_load(value) if value.strip() else ""
     return out
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type of --seed: an integer >= 0 (numpy and torch seeds cannot be negative)."""
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def check_out_folder(out: str | None, force: bool = False) -> None:
+    """--out names a folder (created when missing) that is empty unless --force."""
+    from pathlib import Path
+
+    if not out:
+        return
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"--out {out!r} is a file; give a folder (it is created when missing)")
+    if path.is_dir() and any(path.iterdir()) and not force:
+        raise UsageError(f"output folder {out!r} is not empty; choose another --out or pass --force")
+
+
+def check_device(device: str) -> None:
+    """`auto` or a device string torch parses (cpu, cuda, cuda:1, mps); availability is the worker's business."""
+    if device == "auto":
+        return
+    import torch
+
+    try:
+        torch.device(device)
+    except (RuntimeError, ValueError):
+        raise UsageError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None

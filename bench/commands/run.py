@@ -32,11 +32,12 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bench.commands.common import UsageError
+    from bench.commands.common import UsageError, check_device
     from bench.suite import load_suite
 
     if args.max_concurrent is not None and args.max_concurrent < 1:
         raise UsageError(f"--max-concurrent must be at least 1, got {args.max_concurrent}")
+    check_device(args.device)
     suite = load_suite(args.suite, data_root=args.data_root)
     out = args.out or str(Path("runs") / suite.name)
     return run_and_report(suite, out, tracking_uri=args.tracking_uri, experiment=args.experiment,

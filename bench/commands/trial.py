@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from bench.commands.common import UsageError, parse_options
+from bench.commands.common import check_device, check_out_folder, non_negative_int, parse_options
 
 
 def add_parser(sub) -> None:
@@ -15,7 +15,7 @@ def add_parser(sub) -> None:
     p.add_argument("--dataset", required=True, help="registered dataset name (see `noharm datasets list`)")
     p.add_argument("--attribute", required=True, help="sensitive attribute, or several joined by '+' (e.g. sex+race)")
     p.add_argument("--method", required=True, help="registered method name (see `noharm methods list`)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--set", action="append", metavar="NAME=VALUE", help="override a hyperparameter (repeatable)")
     p.add_argument("--option", action="append", metavar="KEY=VALUE", help="dataset option, e.g. image_size=64 (repeatable)")
     p.add_argument("--target", help="dataset target (default: the dataset's own)")
@@ -59,8 +59,8 @@ def run(args: argparse.Namespace) -> int:
         selectors=tuple(x.strip() for x in args.selectors.split(",") if x.strip() and x.strip() != "none"),
     )
     cfg.validate()
-    if args.out and Path(args.out).exists() and any(Path(args.out).iterdir()) and not args.force:
-        raise UsageError(f"output folder {args.out!r} is not empty; choose another --out or pass --force")
+    check_device(args.device)
+    check_out_folder(args.out, force=args.force)
     log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     result = run_trial(cfg, device=args.device, log=log)
     print(f"{cfg.method} on {cfg.dataset} ({cfg.attribute}), seed {cfg.seed}, device {result.notes['device']}")

@@ -1,6 +1,7 @@
 """FairSDE (selective demographic experts): the suite's reference method, its losses and ablations."""
 
 from methods.fairsde import losses
-from methods.fairsde.method import FairSDE, FairSDEModel, FairSDENoDisc, FairSDENoDiv, FairSDENoVirt, FairSDEPredictor
+from methods.fairsde.method import (FairSDE, FairSDEModel, FairSDENCE, FairSDENCENoDisc, FairSDENCENoVirt, FairSDENoDisc,
+                                    FairSDENoDiv, FairSDENoVirt, FairSDEPredictor)
 
-__all__ = ["FairSDE", "FairSDEModel", "FairSDENoDisc", "FairSDENoDiv", "FairSDENoVirt", "FairSDEPredictor", "losses"]
+__all__ = ["FairSDE", "FairSDEModel", "FairSDENCE", "FairSDENCENoDisc", "FairSDENCENoVirt", "FairSDENoDisc", "FairSDENoDiv", "FairSDENoVirt", "FairSDEPredictor", "losses"]

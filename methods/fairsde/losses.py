@@ -13,7 +13,16 @@ L = L_cls + lambda1 * L_disc + lambda2 * L_virt + lambda3 * L_div, with
                         / [exp(z_i.z_n(i)/tau) + N_i] ),
   N_i = sum_{(a',y') != (a_i,y_i)} exp(s_{a',y'}(x_i)/tau)   (center_negatives="scaled"), or
   N_i = sum_{(a',y') != (a_i,y_i)} exp(s_{a',y'}(x_i)) / tau (center_negatives="reference",
-  as the authors' released code computes it).
+  as the authors' released code computes it, and this suite's default).
+
+`form="reference"` is the authors' ratio above: the numerator's terms are not in
+the denominator, so the loss keeps falling as the partner and the own centre
+align (down to about -1/tau) and its pull on the same-cell partner never fades;
+at large lambda_div every group's features collapse onto one direction
+(docs/fairsde.md). `form="infonce"` (the `fairsde-nce` variant, not the
+authors') puts the numerator's terms in the denominator as well,
+-log(num / (num + den)), the InfoNCE form: bounded below by 0, with a gradient
+that vanishes once the positives dominate the negatives.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 CENTER_NEGATIVES = ("scaled", "reference")
+DIVERSITY_FORMS = ("reference", "infonce")
 
 
 def _check_labels(y: torch.Tensor, a: torch.Tensor, batch: int, where: str) -> None:
@@ -96,16 +106,20 @@ def diversity_loss(
     pos_idx: torch.Tensor,
     neg_idx: torch.Tensor,
     tau: float = 0.07,
-    center_negatives: str = "scaled",
+    center_negatives: str = "reference",
+    form: str = "reference",
 ) -> torch.Tensor:
     """L_div: contrastive loss pulling a sample to its group-and-class partner and its own centre.
 
     `z` [B, D] normalised features, `cos_sim` [B, G, C] cosines to every centre,
     `pos_idx` [B] the partner p(i) (same group and class; i itself when there is
     none), `neg_idx` [B] the negative n(i) (same class, other group; -1 when none).
-    Computed in log-space: -log(num/den) = logsumexp(den terms) - logsumexp(num terms).
+    Computed in log-space: -log(num/den) = logsumexp(den terms) - logsumexp(num terms);
+    with `form="infonce"` the numerator's terms join the denominator.
     """
     where = "diversity_loss"
+    if form not in DIVERSITY_FORMS:
+        raise ValueError(f"{where}: unknown form {form!r}; choose one of: {', '.join(DIVERSITY_FORMS)}")
     if center_negatives not in CENTER_NEGATIVES:
         raise ValueError(f"{where}: unknown center_negatives {center_negatives!r}; choose one of: {', '.join(CENTER_NEGATIVES)}")
     if not tau > 0:
@@ -148,7 +162,8 @@ def diversity_loss(
         log_n = torch.logsumexp(flat.masked_fill(~others, -math.inf), dim=1) - math.log(tau)
 
     log_num = torch.logsumexp(torch.stack([pos_sim, own_center], dim=1), dim=1)
-    log_den = torch.logsumexp(torch.stack([neg_sim, log_n], dim=1), dim=1)
+    den_terms = [neg_sim, log_n] if form == "reference" else [pos_sim, own_center, neg_sim, log_n]
+    log_den = torch.logsumexp(torch.stack(den_terms, dim=1), dim=1)
     return (log_den - log_num).mean()
 
 
