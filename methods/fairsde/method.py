@@ -77,6 +77,7 @@ class FairSDEPredictor(TorchPredictor):
     def wrap(cls, base: TorchPredictor) -> "FairSDEPredictor":
         out = cls(base.method, base.model, base.source, base.ctx)
         out.stats = dict(base.stats)
+        out.memo = base.memo  # the best epoch's validation scores: no second validation pass
         return out
 
     @torch.inference_mode()
