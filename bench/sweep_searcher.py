@@ -2,8 +2,9 @@
 
 One Tuner runs the whole suite. This searcher hands Tune the next trial spec:
 
-1. search: per searched cell (dataset, attribute, method), Optuna's TPE sampler
-   over the method's declared space proposes settings, run on the search seed;
+1. search: per searched cell (dataset, attribute, method), trial 0 runs the method's
+   declared defaults and Optuna's TPE sampler over the declared space proposes the
+   rest, run on the search seed;
 2. evaluate: once a cell's search has used its budget, its best settings run on
    every seed (on the search seed the best search run is copied, not retrained);
    cells that are not searched run at once with their fixed settings;
@@ -219,7 +220,10 @@ class SweepSearcher(Searcher):
         spec = None
         for attempt in range(REDRAWS):
             seed = stable_seed(f"{self.suite.name}/{state.cell.id}/{number}/{attempt}")
-            hparams = draw_settings(state.space, history, seed)
+            # Trial 0 runs the method's declared defaults, so the search never ends worse (on
+            # validation) than the defaults: three random draws can all land where a method fails.
+            hparams = declared_defaults(state.cell.method, state.space) if number == 0 and attempt == 0 \
+                else draw_settings(state.space, history, seed)
             spec = self._trial_spec("search", state.cell, hparams, self.suite.search_seed)
             # A small discrete space may have nothing new left: the last draw then runs anyway
             # (a cheap skip when its key is FINISHED).
@@ -341,6 +345,14 @@ class SweepSearcher(Searcher):
             "tags": {"dataset": cell.dataset, "target": target, "attribute": cell.attribute,
                      "method": cell.method, "seed": seed},
         }
+
+
+def declared_defaults(method: str, space: dict[str, Any]) -> dict[str, Any]:
+    """The method's declared default of every searched hyperparameter (the first trial of each search)."""
+    from methods import get_method
+
+    declared = get_method(method).hparams
+    return {name: declared[name].default for name in space}
 
 
 def draw_settings(space: dict[str, Any], history: list[tuple[dict[str, Any], float]], seed: int) -> dict[str, Any]:
