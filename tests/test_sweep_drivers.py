@@ -125,10 +125,13 @@ def test_second_driver_is_refused_while_the_first_finishes(tmp_path_factory, tmp
     site = install_testkit(tmp_path_factory.getbasetemp() / "sweep-testkit")
     mark = uuid.uuid4().hex
     env = marked_env(env_with_site(site), mark)
-    suite = write_suite(tmp_path / "two.yaml", name="two", seeds=[0, 1], methods=["tiny-erm", "group-models"],
+    # One trial at a time and two 15 s trials: after the first FINISHED run at least one slow trial is still
+    # ahead, so the first driver holds its lock well past the second's start, on a quiet machine too.
+    suite = write_suite(tmp_path / "two.yaml", name="two", seeds=[0, 1],
+                        methods=["tiny-erm", "group-models", {"slow-erm": {"pause": 15.0}}],
                         datasets=[{"name": "tiny-blobs", "attributes": ["side"]}],
                         hparams={"epochs": 2, "hidden": 16}, selectors=["greedy"],
-                        max_concurrent=2)
+                        max_concurrent=1)
     out = tmp_path / "résultats-ü"
     db = out / "mlflow.db"
     cmd = [sys.executable, "-m", "bench.cli", "run", str(suite), "--out", str(out), "--quiet"]
@@ -153,7 +156,7 @@ def test_second_driver_is_refused_while_the_first_finishes(tmp_path_factory, tmp
     with sqlite3.connect(db) as con:
         rows = con.execute(STAGE_SQL).fetchall()
     finished = Counter((stage, key) for stage, key, status in rows if status == "FINISHED")
-    # 3 cells (tiny-erm, group-models, ERM) x 2 seeds evaluated; group-models composed on 2 seeds.
+    # 4 cells (tiny-erm, group-models, slow-erm, ERM) x 2 seeds evaluated; group-models composed on 2 seeds.
     assert set(finished.values()) == {1}
-    assert Counter(stage for stage, _ in finished) == {"evaluate": 6, "compose": 2}
-    assert Counter(status for *_, status in rows) == {"FINISHED": 8}
+    assert Counter(stage for stage, _ in finished) == {"evaluate": 8, "compose": 2}
+    assert Counter(status for *_, status in rows) == {"FINISHED": 10}

@@ -4,7 +4,10 @@
   (big / small); the label's direction flips with `side`, so per-group experts help;
 - method `always-fails`: a method whose `fit` raises, to test failure handling;
 - method `tiny-erm`: pooled ERM with a tiny default budget (fast sweeps).
+- method `slow-erm`: `tiny-erm` after a `pause` (keeps a driver busy in concurrency tests).
 """
+
+import time
 
 import numpy as np
 import pandas as pd
@@ -13,7 +16,7 @@ from datasets import register_dataset
 from datasets.base import DataBundle, GroupDataset
 from datasets.splits import stratified_assign
 from methods import register_method
-from methods.hparams import Int, LogFloat
+from methods.hparams import Float, Int, LogFloat
 from methods.training import TRAINING_HPARAMS, TorchMethod
 
 FAIL_MESSAGE = "always-fails: this test method fails on purpose"
@@ -49,6 +52,18 @@ TINY = {**TRAINING_HPARAMS, "epochs": Int(2, low=1, high=10, search=False),
 class TinyERM(TorchMethod):
     description = "pooled ERM with a tiny default budget (test plugin)"
     hparams = TINY
+
+
+@register_method("slow-erm")
+class SlowERM(TorchMethod):
+    """Tiny ERM that first waits `pause` seconds: keeps a driver busy long enough for concurrency tests."""
+
+    description = "tiny ERM after a pause (test plugin)"
+    hparams = {**TINY, "pause": Float(0.0, low=0.0, high=60.0, search=False)}
+
+    def fit(self, task, ctx):
+        time.sleep(self.hp["pause"])
+        return super().fit(task, ctx)
 
 
 @register_method("always-fails")
