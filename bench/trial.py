@@ -32,9 +32,9 @@ from methods import FitContext, TaskData, get_method
 from methods.batches import eval_batch_size
 
 SCORED_SPLITS = ("val", "test")
-# Splits a trial scores and stores by default; train is added for methods that declare
+# Splits a trial scores and stores by default (the scored ones); train is added for methods that declare
 # `needs_train_predictions` and for trials that ask for it (`train_predictions`).
-STORED_SPLITS = ("val", "test")
+STORED_SPLITS = SCORED_SPLITS
 # What a trial's in-trial ERM reference takes from the method's settings: the budget and the architecture.
 BUDGET_HPARAMS = ("epochs", "batch_size", "patience", "backbone", "hidden", "pretrained")
 
@@ -134,15 +134,15 @@ def stored_splits(cfg: TrialConfig, method_cls) -> tuple[str, ...]:
     return STORED_SPLITS
 
 
-def score_splits(predictor, task: TaskData, splits: tuple[str, ...]) -> tuple[dict[str, np.ndarray], float]:
-    """Scores of the rows of `splits` (in row order), and the rows per second of the test pass.
+def score_splits(predictor, task: TaskData, splits: tuple[str, ...],
+                 order: np.ndarray) -> tuple[dict[str, np.ndarray], float]:
+    """Scores of `order` (the rows of `splits`, ascending), and the rows per second of the test pass.
 
     Each split is scored once: validation comes back from the predictor's memory of the best
     epoch's pass when it has one. The test pass is always a fresh inference pass, so its
     rate measures inference alone.
     """
     rows = {s: task.indices(s) for s in splits}
-    order = np.flatnonzero(np.isin(task.split, splits))
     out: dict[str, np.ndarray] = {}
     rate = float("nan")
     for split, idx in rows.items():
@@ -202,7 +202,7 @@ def run_trial(
     splits = stored_splits(cfg, method_cls)
     rows = np.flatnonzero(np.isin(task.split, splits))
     t_pred = time.perf_counter()
-    scores, eval_rate = score_splits(predictor, task, splits)
+    scores, eval_rate = score_splits(predictor, task, splits, rows)
     predict_seconds = time.perf_counter() - t_pred
     base = bundle.table[["sample_id", "split", "y"]].iloc[rows].reset_index(drop=True)
     base["group"] = np.asarray(grouping.names, dtype=object)[grouping.ids[rows]]
