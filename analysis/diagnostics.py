@@ -61,6 +61,18 @@ def feature_rows(groups: np.ndarray, n_groups: int, per_group: int = 2000) -> np
     return np.sort(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
 
 
+def signature_flags(bal_acc: float, share: float, cosine: float = math.nan) -> list[str]:
+    """The failure signatures one group's numbers show: "single_class" (every prediction in one class while
+    the group's rows are not all of it: balanced accuracy below 1) and "collapsed" (between-class cosine at
+    or above COLLAPSED_COSINE). The one rule behind `flagged_groups` and the trial's warning lines."""
+    flags = []
+    if share >= SINGLE_CLASS_SHARE and not math.isnan(bal_acc) and bal_acc < 1.0:
+        flags.append("single_class")
+    if not math.isnan(cosine) and cosine >= COLLAPSED_COSINE:
+        flags.append("collapsed")
+    return flags
+
+
 def expert_diagnostics(y: np.ndarray, proba: np.ndarray, groups: np.ndarray, group_names: Sequence[str],
                        candidate: str, features: np.ndarray | None = None,
                        rows_of_features: np.ndarray | None = None) -> dict[str, float]:
@@ -87,32 +99,29 @@ def expert_diagnostics(y: np.ndarray, proba: np.ndarray, groups: np.ndarray, gro
         share = majority_share(pred[rows])
         out[key.format("bal_acc")] = bal
         out[key.format("majority_share")] = share
-        two_classes = len(np.unique(y[rows])) > 1
-        bad = two_classes and share >= SINGLE_CLASS_SHARE
+        cos = math.nan
         if features is not None:
             mine = feature_group == g
             cos = between_class_cosine(features[mine], y[rows_of_features][mine])
             out[key.format("between_class_cosine")] = cos
-            bad = bad or (not math.isnan(cos) and cos >= COLLAPSED_COSINE)
-        flagged += int(bad)
+        flagged += int(bool(signature_flags(bal, share, cos)))
     out[f"{PREFIX}/{candidate}/flagged_groups"] = float(flagged)
     return out
 
 
 def warnings_text(diag: dict[str, float], candidate: str) -> list[str]:
-    """One line per flagged group: what the signature shows (for the trial's output)."""
+    """One line per failure signature of a flagged group (for the trial's output)."""
     lines = []
     head = f"{PREFIX}/{candidate}/"
-    for name, value in sorted(diag.items()):
-        if not name.startswith(head) or "/group:" not in name:
-            continue
-        metric, _, group = name[len(head):].partition("/group:")
-        if metric == "majority_share" and value >= SINGLE_CLASS_SHARE:
-            bal = diag.get(f"{head}bal_acc/group:{group}", math.nan)
-            if not math.isnan(bal) and bal < 1.0:  # 1.0: the group's rows hold that one class only
-                lines.append(f"warning: {candidate} predicts a single class for group {group!r} on validation "
-                             f"(balanced accuracy {bal:.3f}): it learnt nothing for this group")
-        if metric == "between_class_cosine" and value >= COLLAPSED_COSINE:
+    groups = sorted(name[len(f"{head}bal_acc/group:"):] for name in diag if name.startswith(f"{head}bal_acc/group:"))
+    for group in groups:
+        value = {m: diag.get(f"{head}{m}/group:{group}", math.nan)
+                 for m in ("bal_acc", "majority_share", "between_class_cosine")}
+        flags = signature_flags(value["bal_acc"], value["majority_share"], value["between_class_cosine"])
+        if "collapsed" in flags:
             lines.append(f"warning: {candidate} features collapsed for group {group!r} on validation (mean cosine "
-                         f"between classes {value:.4f}): its classes are not separable")
+                         f"between classes {value['between_class_cosine']:.4f}): its classes point one way")
+        if "single_class" in flags:
+            lines.append(f"warning: {candidate} predicts a single class for group {group!r} on validation "
+                         f"(balanced accuracy {value['bal_acc']:.3f}): it learnt nothing for this group")
     return lines
