@@ -267,3 +267,11 @@ def test_trial_reports_three_candidates(dataset, attribute, hparams, options, le
     if learns:  # better than always predicting the majority class on test
         y_test = res.predictions.loc[res.predictions["split"] == "test", "y"].to_numpy()
         assert res.metrics["test/experts/acc"] > np.bincount(y_test).max() / len(y_test) + 0.03
+
+
+@pytest.mark.parametrize("name", ["fairsde-no-virt", "fairsde-nce-no-virt"])
+def test_no_virt_ablations_offer_no_untrained_centres(name):
+    res = run_trial(TrialConfig(dataset="adult", attribute="sex", method=name, hparams={"epochs": 1, "batch_size": 512}),
+                    device="cpu")
+    assert res.candidates == ("experts", "routed") == get_method(name).candidates
+    assert not [c for c in res.predictions.columns if c.startswith("proba/centers/")]
