@@ -31,6 +31,8 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mlflow.exceptions import MlflowException
+
 from bench.errors import ConfigError
 from bench.tracking import TAG, Tracker
 
@@ -101,9 +103,19 @@ class RecordLease:
             return None
         return record if isinstance(record, dict) and record.get("holder") else None
 
-    def write(self) -> None:
-        self.tracker.client.set_experiment_tag(self.tracker.experiment_id, self.tag,
-                                               json.dumps({"holder": self.holder, "heartbeat": time.time()}))
+    def write(self, attempts: int = 5) -> None:
+        """Write this driver's record. Two first writers can collide on the store's unique key
+        (SQL stores insert-or-update non-atomically): the loser retries, now as an update."""
+        for attempt in range(attempts):
+            try:
+                self.tracker.client.set_experiment_tag(
+                    self.tracker.experiment_id, self.tag,
+                    json.dumps({"holder": self.holder, "heartbeat": time.time()}))
+                return
+            except MlflowException:
+                if attempt == attempts - 1:
+                    raise
+                time.sleep(0.05 * (attempt + 1))
 
     def acquire(self, what: str) -> "RecordLease":
         current = self.read()

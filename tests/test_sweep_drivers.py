@@ -99,6 +99,29 @@ def test_racing_lease_records_have_exactly_one_winner(store):
         lease.release()
 
 
+def test_lease_write_that_collides_on_the_unique_key_is_retried(store, monkeypatch):
+    """Two first writers collide on the SQL store's (key, experiment) unique constraint (seen in CI):
+    the loser must retry as an update and then settle by read-back, not crash its thread."""
+    from mlflow.exceptions import MlflowException
+
+    from bench.sweep_lease import RecordLease
+
+    real = store.client.set_experiment_tag
+    calls = {"n": 0}
+
+    def collide_once(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            real(store.experiment_id, "noharm.lease.c", json.dumps({"holder": "driver X", "heartbeat": 0}))
+            raise MlflowException("UNIQUE constraint failed: experiment_tags.key, experiment_tags.experiment_id")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(store.client, "set_experiment_tag", collide_once)
+    lease = RecordLease(store, "c", holder="driver Y", settle=0.05, heartbeat=60).acquire("suite c")
+    assert calls["n"] == 2 and lease.read()["holder"] == "driver Y"
+    lease.release()
+
+
 def test_sweep_table_counts_a_key_finished_twice_once(store):
     from bench.sweep_report import comparison
     from bench.tracking import log_finished_run
