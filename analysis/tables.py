@@ -17,8 +17,8 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from analysis import stats
-from analysis.collect import DIAG, Collection, iter_tasks
+from noharm.analysis import stats
+from noharm.analysis.collect import DIAG, Collection, iter_tasks
 
 TASK = ["dataset", "target", "attribute"]
 METRICS = ("acc", "auc")
@@ -625,7 +625,7 @@ def selection(col: Collection, protocol: Protocol = Protocol(), summary: pd.Data
 def stress(col: Collection) -> TableDoc:
     """Harm rate against severity, per scenario (blocks) and selector (columns), over every stressed run."""
     caption = ("Stress tests of the no-harm selectors under shift between validation and test (scenarios in "
-               "bench/stress_scenarios.py). Harm rate: share of repeats in which some group's test accuracy falls "
+               "bench/stress/scenarios.py). Harm rate: share of repeats in which some group's test accuracy falls "
                "below ERM's by more than the suite's tolerance; mean over every stressed (dataset, grouping, method, "
                "seed) run. Selection uses the (shifted) validation split only.")
     st = col.stress

@@ -21,8 +21,8 @@ import pandas as pd
 from sklearn.compose import ColumnTransformer
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-from datasets.base import DataBundle, DatasetError, GroupDataset
-from datasets.splits import stratified_assign
+from noharm.datasets.base import DataBundle, DatasetError, GroupDataset
+from noharm.datasets.splits import stratified_assign
 
 SHOWN_VALUES = 8  # allowed values named in an "unexpected value" message
 
@@ -56,7 +56,7 @@ def encode_features(
 
 def embedded_file(name: str):
     """Context manager giving the filesystem path of a file shipped in datasets/data/."""
-    return resources.as_file(resources.files("datasets") / "data" / name)
+    return resources.as_file(resources.files("noharm.datasets") / "data" / name)
 
 
 def keep_rows(frame: pd.DataFrame, keep: pd.Series | np.ndarray, reason: str, dropped: dict[str, int]) -> pd.DataFrame:
