@@ -20,7 +20,6 @@ import gc
 import json
 import math
 import os
-import re
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -30,36 +29,22 @@ from urllib.parse import unquote, urlparse
 
 import pandas as pd
 
-TAG = "noharm."
-TABLE_STAGES = ("evaluate", "compose")
-SPLITS = ("val", "test")
-DIAG = "diag"  # failure signatures of experts on validation (analysis.diagnostics)
+from noharm.analysis.record import (
+    EVALUATE, SPLITS, STRESS, STRESS_ARTIFACT, STRESS_COLUMNS, TABLE_STAGES, TAG, metric_name, parse_metric,
+    primary_candidate,
+)
+
 # Hyperparameters of the ERM reference that table captions state (its recipe).
 REFERENCE_PARAMS = ("optimizer", "lr", "weight_decay", "epochs", "batch_size", "backbone")
-SELECTED_PREFIX = "selected:"
 TIDY_COLUMNS = ("run", "stage", "dataset", "target", "attribute", "method", "strategy", "candidate", "entry",
                 "primary", "seed", "split", "group", "metric", "value")
 RUN_COLUMNS = ("run", "status", "stage", "dataset", "target", "attribute", "method", "strategy", "seed",
                "candidates", "groups", "scenario", "git_commit", "start_time")
-# Columns every stress.parquet must hold (the interface agreed with the stress runner).
-STRESS_COLUMNS = ("dataset", "attribute", "method", "seed", "scenario", "severity", "strategy", "harm_rate",
-                  "max_harm", "gap", "worst_group", "changed_rate", "repeats")
-STRESS_ARTIFACT = "stress.parquet"
-# MLflow accepts letters, digits, `_ - . : /` and spaces in metric names; the sweep turns anything else into `_`.
-_FORBIDDEN = re.compile(r"[^\w.\- :/]")
-
-
 REFERENCE_COLUMNS = ("dataset", "target", "attribute", "seed", "param", "value")
 
 
 class AnalysisError(ValueError):
     """Bad input to the analysis (missing store or experiment, malformed artifacts): one line saying what to do."""
-
-
-def metric_fragment(name: str) -> str:
-    """`name` as it appears inside an MLflow metric name written by the sweep (forbidden characters -> `_`)."""
-    clean = _FORBIDDEN.sub("_", name)
-    return "/".join("_" if p in ("", ".", "..") else p for p in clean.split("/"))
 
 
 @dataclass
@@ -177,14 +162,6 @@ def run_record(run) -> dict[str, Any]:
     }
 
 
-def primary_candidate(stage: str, candidates: str, strategy: str) -> str:
-    """The candidate a run stands for: the selected one of a composition, else the first declared one."""
-    if stage == "compose":
-        return f"{SELECTED_PREFIX}{strategy}"
-    first = candidates.split(",")[0].strip()
-    return first or "model"
-
-
 def entry_label(stage: str, method: str, strategy: str, candidate: str, primary: str) -> str:
     """The row name of a (run, candidate) in tables: `method`, `method [candidate]` or `method + strategy`.
 
@@ -195,35 +172,10 @@ def entry_label(stage: str, method: str, strategy: str, candidate: str, primary:
     return method if candidate == primary else f"{method} [{candidate}]"
 
 
-def parse_metric(name: str, group_of: dict[str, str]) -> tuple[str, str, str, str] | None:
-    """(split, candidate, metric, group) of an MLflow metric name, or None for names the tables ignore.
-
-    `group_of` maps a sanitised group fragment back to the group's real name
-    (from the run's `noharm.groups` tag); unknown fragments are kept as they are.
-    """
-    head, _, rest = name.partition("/")
-    if head in SPLITS or head == DIAG:
-        candidate, _, rest = rest.partition("/")
-        if not candidate or not rest:
-            return None
-        split = head
-    elif head in ("cost", "selection"):
-        split, candidate = head, ""
-    else:
-        return None
-    if "/group:" in rest:
-        metric, _, fragment = rest.partition("/group:")
-        return split, candidate, metric, group_of.get(fragment, fragment)
-    for agg in ("worst", "gap"):
-        if rest.endswith(f"/{agg}"):
-            return split, candidate, rest[: -len(agg) - 1], agg
-    return split, candidate, rest, "overall"
-
-
 def tidy_rows(record: dict[str, Any], metrics: dict[str, float]) -> list[tuple]:
     """Tidy rows (in TIDY_COLUMNS order) of one evaluate or compose run."""
     groups = _groups({f"{TAG}groups": record["groups"]})
-    group_of = {metric_fragment(g): g for g in groups}
+    group_of = {metric_name(g): g for g in groups}
     primary = primary_candidate(record["stage"], record["candidates"], record["strategy"])
     rows = []
     for name, value in metrics.items():
@@ -322,7 +274,7 @@ def collect(experiment: str, tracking_uri: str | None = None, stress: bool = Tru
     tidy = tidy.sort_values(["dataset", "target", "attribute", "stage", "method", "strategy", "candidate", "seed",
                              "split", "metric", "group", "run"], kind="mergesort").reset_index(drop=True)
     reference = reference_params(usable, by_id)
-    stress_runs = [by_id[r] for r in runs[(runs["status"] == "FINISHED") & (runs["stage"] == "stress")]["run"]]
+    stress_runs = [by_id[r] for r in runs[(runs["status"] == "FINISHED") & (runs["stage"] == STRESS)]["run"]]
     stress_rows = _stress_frame(client, stress_runs) if stress else pd.DataFrame(columns=["run", *STRESS_COLUMNS])
     return Collection(experiment=experiment, experiment_id=str(exp.experiment_id), tracking_uri=uri, tidy=tidy,
                       runs=runs, stress=stress_rows, notes=notes, reference=reference)
@@ -330,7 +282,7 @@ def collect(experiment: str, tracking_uri: str | None = None, stress: bool = Tru
 
 def reference_params(usable: pd.DataFrame, by_id: dict) -> pd.DataFrame:
     """The logged REFERENCE_PARAMS of every used ERM evaluate run (params not logged were ERM's defaults)."""
-    erm = usable[(usable["stage"] == "evaluate") & (usable["method"] == "erm")]
+    erm = usable[(usable["stage"] == EVALUATE) & (usable["method"] == "erm")]
     rows = [(r["dataset"], r["target"], r["attribute"], int(r["seed"]), k, str(v))
             for r in erm.to_dict("records") for k, v in sorted(by_id[r["run"]].data.params.items())
             if k in REFERENCE_PARAMS]

@@ -24,7 +24,8 @@ from typing import Sequence
 import numpy as np
 from sklearn.metrics import balanced_accuracy_score
 
-PREFIX = "diag"
+from noharm.analysis.record import DIAG, GROUP_MARK
+
 # A group is flagged when its expert predicts one class on >= this share of its validation rows ...
 SINGLE_CLASS_SHARE = 0.999
 # ... or when rows of different classes have features this aligned (healthy models measured 0.2-0.9,
@@ -92,7 +93,7 @@ def expert_diagnostics(y: np.ndarray, proba: np.ndarray, groups: np.ndarray, gro
         rows = groups == g
         if not rows.any():
             continue
-        key = f"{PREFIX}/{candidate}/{{}}/group:{name}"
+        key = f"{DIAG}/{candidate}/{{}}{GROUP_MARK}{name}"
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # a class absent from the group's rows
             bal = float(balanced_accuracy_score(y[rows], pred[rows]))
@@ -105,14 +106,14 @@ def expert_diagnostics(y: np.ndarray, proba: np.ndarray, groups: np.ndarray, gro
             cos = between_class_cosine(features[mine], y[rows_of_features][mine])
             out[key.format("between_class_cosine")] = cos
         flagged += int(bool(signature_flags(bal, share, cos)))
-    out[f"{PREFIX}/{candidate}/flagged_groups"] = float(flagged)
+    out[f"{DIAG}/{candidate}/flagged_groups"] = float(flagged)
     return out
 
 
 def warnings_text(diag: dict[str, float], candidate: str) -> list[str]:
     """One line per failure signature of a flagged group (for the trial's output)."""
     lines = []
-    head = f"{PREFIX}/{candidate}/"
+    head = f"{DIAG}/{candidate}/"
     groups = sorted(name[len(f"{head}bal_acc/group:"):] for name in diag if name.startswith(f"{head}bal_acc/group:"))
     for group in groups:
         value = {m: diag.get(f"{head}{m}/group:{group}", math.nan)

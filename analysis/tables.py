@@ -18,7 +18,8 @@ import numpy as np
 import pandas as pd
 
 from noharm.analysis import stats
-from noharm.analysis.collect import DIAG, Collection, iter_tasks
+from noharm.analysis.collect import Collection, iter_tasks
+from noharm.analysis.record import DIAG
 
 TASK = ["dataset", "target", "attribute"]
 METRICS = ("acc", "auc")

@@ -20,17 +20,13 @@ import pandas as pd
 
 from noharm.analysis import predictions as P
 from noharm.analysis.metrics import accuracy_by_group, group_table
+from noharm.analysis.record import SELECTED_PREFIX, selected
 from noharm.bench.errors import ConfigError
 from noharm.methods.selection import STRATEGIES, UTILITY_WEIGHTING, SelectionResult, select
 
-SELECTED_PREFIX = "selected:"
 ERM_CANDIDATE = "erm"  # ERM's scores inside the composed table
 ERM_SOURCE = "model"  # ERM's candidate in its own table
 EXPERT_CANDIDATE = "experts"
-
-
-def selected_name(strategy: str) -> str:
-    return f"{SELECTED_PREFIX}{strategy}"
 
 
 def compose(method_preds: pd.DataFrame, erm_preds: pd.DataFrame, strategies: Sequence[str],
@@ -77,7 +73,7 @@ def compose(method_preds: pd.DataFrame, erm_preds: pd.DataFrame, strategies: Seq
         result = select(expert_m["val"], erm_m["val"], sizes, strategy, metric=metric)
         use_row = np.asarray(result.use_expert, dtype=bool)[gid]
         mixed = np.where(use_row[:, None], raw_method, raw_erm)
-        new_scores[selected_name(strategy)] = mixed
+        new_scores[selected(strategy)] = mixed
         chosen = {s: per_group_metric(y[m], mixed[m], gid[m], names, metric) for s, m in measure.items()}
         report[strategy] = strategy_report(result, cand, metric, names, n_val, expert_m, erm_m, chosen)
 

@@ -6,6 +6,8 @@ import math
 
 import pandas as pd
 
+from noharm.analysis.record import GROUP_MARK
+
 TABLE_METRICS = {"acc": "accuracy", "auc": "AUC"}
 HARM_MARK = " !"  # a group's value below the reference (pooled ERM) on the same split
 
@@ -17,7 +19,7 @@ def split_frame(metrics: dict[str, float], split: str, metric: str, candidates: 
     With a `reference` candidate, a group whose value is below the reference's
     is marked with '!' (harm on this split).
     """
-    suffixes = {"overall": "", **{g: f"/group:{g}" for g in group_names}, "worst group": "/worst", "gap": "/gap"}
+    suffixes = {"overall": "", **{g: f"{GROUP_MARK}{g}" for g in group_names}, "worst group": "/worst", "gap": "/gap"}
     index = []
     for label, suffix in suffixes.items():
         n = metrics.get(f"{split}/{candidates[0]}/n{suffix}") if suffix.startswith("/group") else None

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import subprocess
 import tempfile
 import time
@@ -40,9 +39,9 @@ from typing import Any, Iterable, Iterator
 
 import pandas as pd
 
+from noharm.analysis.record import COMPOSE, EVALUATE, PREDICTIONS_ARTIFACT, TAG, metric_name, untag
 from noharm.bench.errors import ConfigError
 
-TAG = "noharm."
 # Well under the 15 s a user should wait for a dead server.
 CONNECT_TIMEOUT = 5.0
 # Schemes MLflow stores runs in (its database back ends and its server); `file:` is left out on purpose.
@@ -50,17 +49,6 @@ DATABASE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
 SERVER_SCHEMES = ("http", "https", "databricks")
 SQLITE_MAGIC = b"SQLite format 3\x00"
 
-STAGES = ("search", "evaluate", "compose")
-_FORBIDDEN = re.compile(r"[^\w.\- :/]")
-
-
-def metric_name(name: str) -> str:
-    """`name` made acceptable to MLflow: every character outside letters, digits, `_ - . : /` and
-    space becomes `_`, and path segments that MLflow would normalise away (`.`, `..`, empty) too."""
-    clean = _FORBIDDEN.sub("_", name)
-    parts = clean.split("/")
-    parts = ["_" if p in ("", ".", "..") else p for p in parts]
-    return "/".join(parts)
 
 
 def default_uri(out: str | os.PathLike) -> str:
@@ -334,10 +322,10 @@ class Tracker:
     def load_predictions(self, run_id: str) -> pd.DataFrame:
         """The predictions table stored with a run."""
         with tempfile.TemporaryDirectory(prefix="noharm-preds-") as tmp:
-            return pd.read_parquet(self.download(run_id, "predictions.parquet", tmp))
+            return pd.read_parquet(self.download(run_id, PREDICTIONS_ARTIFACT, tmp))
 
     # ---- reading a finished sweep ------------------------------------------------------------
-    def frame(self, suite: str, stages: Iterable[str] = ("evaluate", "compose")) -> pd.DataFrame:
+    def frame(self, suite: str, stages: Iterable[str] = (EVALUATE, COMPOSE)) -> pd.DataFrame:
         """One row per FINISHED (stage, key) of the given stages: run_id, the noharm.* tags, and every metric.
 
         A key FINISHED more than once (two drivers that raced before leases existed) counts once,
@@ -353,7 +341,7 @@ class Tracker:
                 if key in seen:
                     continue
                 seen.add(key)
-                tags = {k.removeprefix(TAG): v for k, v in run.data.tags.items() if k.startswith(TAG)}
+                tags = untag(run.data.tags)
                 rows.append({"run_id": run.info.run_id, **tags, **run.data.metrics})
         return pd.DataFrame(rows)
 
@@ -394,7 +382,7 @@ def finished_runs(tracker: Tracker, stage: str) -> list[dict[str, Any]]:
 
 
 def download_artifacts(tracker: Tracker, run_id: str, dst: str | os.PathLike, names: Iterable[str],
-                       required: Iterable[str] = ("predictions.parquet",)) -> Path:
+                       required: Iterable[str] = (PREDICTIONS_ARTIFACT,)) -> Path:
     """Download the named top-level artifacts of a run into `dst` (absent optional ones skipped); returns `dst`."""
     dst = Path(dst)
     dst.mkdir(parents=True, exist_ok=True)

@@ -25,6 +25,7 @@ import torch
 from noharm.analysis import predictions as P
 from noharm.analysis.diagnostics import expert_diagnostics, feature_rows, warnings_text
 from noharm.analysis.metrics import evaluate
+from noharm.analysis.record import CONFIG_ARTIFACT, MODEL_ARTIFACT, PREDICTIONS_ARTIFACT
 from noharm.bench.errors import ConfigError
 from noharm.bench.objectives import canonical, make_objective
 from noharm.datasets import Grouping, get_dataset
@@ -279,9 +280,9 @@ def erm_reference(cfg: TrialConfig, device: str, log: Callable[[str], None]) -> 
     """
     if cfg.erm_predictions:
         folder = Path(cfg.erm_predictions)
-        if not (folder / "predictions.parquet").is_file() or not (folder / "config.json").is_file():
+        if not (folder / PREDICTIONS_ARTIFACT).is_file() or not (folder / CONFIG_ARTIFACT).is_file():
             raise ConfigError(f"--erm {str(folder)!r} is not a trial folder (needs predictions.parquet and config.json)")
-        other = json.loads((folder / "config.json").read_text())
+        other = json.loads((folder / CONFIG_ARTIFACT).read_text())
         for field_name in ("dataset", "attribute", "seed", "dataset_options"):
             if other.get(field_name) != getattr(cfg, field_name):
                 raise ConfigError(
@@ -290,7 +291,7 @@ def erm_reference(cfg: TrialConfig, device: str, log: Callable[[str], None]) -> 
                 )
         if other.get("method") != "erm":
             raise ConfigError(f"--erm {str(folder)!r} is a {other.get('method')!r} run, not an erm run")
-        return pd.read_parquet(folder / "predictions.parquet")
+        return pd.read_parquet(folder / PREDICTIONS_ARTIFACT)
     from noharm.methods import get_method
 
     shared = {k: v for k, v in cfg.hparams.items() if k in BUDGET_HPARAMS}
@@ -311,13 +312,13 @@ def save_trial(result: TrialResult, out: str | os.PathLike, force: bool = False,
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
-        result.predictions.to_parquet(stage / "predictions.parquet", index=False)
+        result.predictions.to_parquet(stage / PREDICTIONS_ARTIFACT, index=False)
         if model and result.state_dict:
-            torch.save(result.state_dict, stage / "model.pt")
+            torch.save(result.state_dict, stage / MODEL_ARTIFACT)
         config = {**asdict(result.config), "resolved_hparams": result.notes["hparams"],
                   "group_names": list(result.group_names), "candidates": list(result.candidates),
                   "command": sys.argv}
-        (stage / "config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
+        (stage / CONFIG_ARTIFACT).write_text(json.dumps(config, indent=2, default=str) + "\n")
         (stage / "metrics.json").write_text(json.dumps(
             {"metrics": result.metrics, "cost": result.cost, "notes": result.notes}, indent=2, default=str) + "\n")
         if out.exists():

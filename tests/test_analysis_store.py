@@ -307,7 +307,7 @@ def test_failed_runs_are_counted_and_stress_rows_read(analysis_collection):
 
 
 def test_metric_names_map_back_and_match_the_sweep_sanitiser():
-    from noharm.analysis.collect import metric_fragment, parse_metric
+    from noharm.analysis.record import metric_name as metric_fragment, parse_metric
 
     groups = ["standard x (dark)", "a/b", "Female x White"]
     lookup = {metric_fragment(g): g for g in groups}
@@ -319,7 +319,7 @@ def test_metric_names_map_back_and_match_the_sweep_sanitiser():
     assert parse_metric("cost/wall_seconds", lookup) == ("cost", "", "wall_seconds", "overall")
     assert parse_metric("epoch/train_loss", lookup) is None and parse_metric("objective", lookup) is None
     try:
-        from noharm.bench.tracking import metric_name
+        from noharm.analysis.record import metric_name
     except ImportError:  # the sweep's writer is optional for the analysis
         return
     for g in [*groups, "x=1", "(a), b", ".", "p+q"]:

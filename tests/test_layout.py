@@ -7,6 +7,7 @@ datasets; inside bench, sweep/ and stress/ never import each other and the share
 from __future__ import annotations
 
 import ast
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -97,9 +98,14 @@ def test_no_bare_top_level_imports():
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("wheel")
+    out, src = tmp_path_factory.mktemp("wheel"), tmp_path_factory.mktemp("src")
+    # Build from a copy: setuptools writes build/ and *.egg-info beside the sources.
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    for folder in FOLDERS:
+        shutil.copytree(ROOT / folder, src / folder, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                    "-w", str(out), str(ROOT)], check=True, capture_output=True, cwd=out)
+                    "-w", str(out), str(src)], check=True, capture_output=True, cwd=out)
     (path,) = out.glob("noharm-*.whl")
     return path
 

@@ -377,7 +377,7 @@ def test_trial_key_is_stable_and_sensitive():
 
 
 def test_metric_names_are_sanitised_one_way():
-    from noharm.bench.tracking import metric_name
+    from noharm.analysis.record import metric_name
 
     assert metric_name("test/model/acc/group:Female x White") == "test/model/acc/group:Female x White"
     assert metric_name("test/model/acc/group:80+") == "test/model/acc/group:80_"

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from noharm.analysis.record import selected
 from noharm.bench.commands.common import check_device, check_out_folder, non_negative_int, parse_options
 
 
@@ -69,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     print(trial_report(result.metrics, list(result.candidates), list(result.group_names)))
     for strategy, info in result.notes["selection"].items():
         experts = [g for g, use in info["use_expert"].items() if use]
-        print(f"selected:{strategy}: experts for {', '.join(experts) if experts else 'no group'} ({info['status']})")
+        print(f"{selected(strategy)}: experts for {', '.join(experts) if experts else 'no group'} ({info['status']})")
     c = result.cost
     print(f"\ntime {c['wall_seconds']:.1f} s (fit {c['fit_seconds']:.1f} s), "
           f"{c['train_samples_per_second']:.0f} train samples/s, peak memory {c['peak_memory_mb']:.0f} MB")

@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from noharm.analysis.record import CONFIG_ARTIFACT, MODEL_ARTIFACT, PREDICTIONS_ARTIFACT
 from noharm.bench.errors import ConfigError
 
 CACHE_VERSION = 1
@@ -49,18 +50,18 @@ class RunFolder:
 
     @property
     def weights(self) -> Path:
-        return self.path / "model.pt"
+        return self.path / MODEL_ARTIFACT
 
     @classmethod
     def read(cls, path: str | os.PathLike) -> "RunFolder":
         """Read a folder written by `bench.trial.save_trial`; ConfigError when it is not one."""
         path = Path(path)
-        missing = [n for n in ("config.json", "predictions.parquet") if not (path / n).is_file()]
+        missing = [n for n in (CONFIG_ARTIFACT, PREDICTIONS_ARTIFACT) if not (path / n).is_file()]
         if missing:
             raise ConfigError(f"{str(path)!r} is not a trial folder (missing {', '.join(missing)}); "
                               "give a folder written by `noharm trial --out`")
-        config = json.loads((path / "config.json").read_text())
-        return cls(path=path, config=config, predictions=pd.read_parquet(path / "predictions.parquet"))
+        config = json.loads((path / CONFIG_ARTIFACT).read_text())
+        return cls(path=path, config=config, predictions=pd.read_parquet(path / PREDICTIONS_ARTIFACT))
 
     def tags(self) -> dict[str, Any]:
         c = self.config

@@ -24,14 +24,16 @@ from typing import Sequence, Any, Callable
 import numpy as np
 import pandas as pd
 
+from noharm.analysis.record import (
+    BLIND_ARTIFACT, BLIND_COLUMNS, BLIND_SCENARIO, CONFIG_ARTIFACT, EVALUATE, MODEL_ARTIFACT, PREDICTIONS_ARTIFACT, STRESS,
+    STRESS_ARTIFACT, TAG, tag,
+)
 from noharm.bench.errors import ConfigError
 from noharm.bench.stress.rescore import ROUTERS, PairRescorer, RunFolder
 from noharm.bench.stress.runner import COLUMNS, SplitData, StressData, StressSettings, base_of, run_scenarios
 from noharm.bench.stress.scenarios import Scenario, ScenarioSkipped, make_scenarios
 
 SUITE_KEYS = ("name", "repeats", "seed", "tolerance", "delta", "selectors", "router", "device", "candidate", "scenarios")
-BLIND_COLUMNS = ("dataset", "attribute", "method", "seed", "strategy", "group", "n", "routing_accuracy", "blind", "erm",
-                 "harm", "harmed", "split")
 
 
 def default_suite_path() -> Path:
@@ -261,10 +263,10 @@ def write_outcome(outcome: StressOutcome, out: str | os.PathLike) -> list[Path]:
     """Write stress.parquet (and blind.parquet when there is blind routing) into folder `out`."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    paths = [out / "stress.parquet"]
+    paths = [out / STRESS_ARTIFACT]
     outcome.table.to_parquet(paths[0], index=False)
     if len(outcome.blind):
-        paths.append(out / "blind.parquet")
+        paths.append(out / BLIND_ARTIFACT)
         outcome.blind.to_parquet(paths[1], index=False)
     return paths
 
@@ -297,31 +299,31 @@ def run_stress_for_experiment(experiment: str, tracking_uri: str | None = None, 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one line per artifact is noise here
     suite = load_stress_suite(suite_path, repeats=repeats, tolerance=tolerance)
     tracker = tracking.open_existing(experiment, tracking_uri)
-    runs = tracking.finished_runs(tracker, "evaluate")
-    done = {r["tags"].get(f"{tracking.TAG}key") for r in tracking.finished_runs(tracker, "stress")}
+    runs = tracking.finished_runs(tracker, EVALUATE)
+    done = {r["tags"].get(f"{TAG}key") for r in tracking.finished_runs(tracker, STRESS)}
     erm: dict[tuple, dict] = {}
     for r in runs:
-        if r["tags"].get(f"{tracking.TAG}method") == "erm":
+        if r["tags"].get(f"{TAG}method") == "erm":
             erm.setdefault(_pair_key(r), r)
     digest = suite_digest(suite)
     tables = []
     for run in runs:
         tags = run["tags"]
-        what = (f"{tags.get('noharm.method')} on {tags.get('noharm.dataset')} ({tags.get('noharm.attribute')}), "
-                f"seed {tags.get('noharm.seed')}, run {run['run_id']}")
-        if tags.get(f"{tracking.TAG}method") == "erm" or (methods and tags.get(f"{tracking.TAG}method") not in methods):
+        what = (f"{tags.get(tag('method'))} on {tags.get(tag('dataset'))} ({tags.get(tag('attribute'))}), "
+                f"seed {tags.get(tag('seed'))}, run {run['run_id']}")
+        if tags.get(f"{TAG}method") == "erm" or (methods and tags.get(f"{TAG}method") not in methods):
             continue
         partner = erm.get(_pair_key(run))
         if partner is None:
             log(f"stress: skipping {what}: no finished ERM run with the same dataset, attribute and seed")
             continue
-        names = [s.name for s in suite.scenarios] + ([BLIND_RUN] if _wants_blind(suite) else [])
+        names = [s.name for s in suite.scenarios] + ([BLIND_SCENARIO] if _wants_blind(suite) else [])
         keys = {name: stress_key(run["run_id"], name, digest) for name in names}
         if all(k in done for k in keys.values()):
             log(f"stress: {what} already stressed with these settings")
             continue
         with tempfile.TemporaryDirectory(prefix="noharm-stress-") as tmp:
-            names = ("predictions.parquet", "config.json", "model.pt")
+            names = (PREDICTIONS_ARTIFACT, CONFIG_ARTIFACT, MODEL_ARTIFACT)
             method_dir = tracking.download_artifacts(tracker, run["run_id"], Path(tmp) / "method", names)
             erm_dir = tracking.download_artifacts(tracker, partner["run_id"], Path(tmp) / "erm", names)
             outcome = stress_pair(_folder(method_dir, run), _folder(erm_dir, partner), suite, log=log,
@@ -331,9 +333,6 @@ def run_stress_for_experiment(experiment: str, tracking_uri: str | None = None, 
             log_outcome(tracker, outcome, suite, run, partner, keys, done, Path(tmp) / "out")
         tables.append(outcome.table)
     return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=list(COLUMNS))
-
-
-BLIND_RUN = "blind-routing"  # scenario tag of the run holding blind.parquet
 
 
 def _wants_blind(suite: StressSuite) -> bool:
@@ -376,13 +375,13 @@ def log_outcome(tracker, outcome: StressOutcome, suite: StressSuite, run: dict, 
     from noharm.bench import tracking
 
     src = run["tags"]
-    base_tags = {f"{tracking.TAG}stage": "stress", f"{tracking.TAG}stressed_run": run["run_id"],
-                 f"{tracking.TAG}erm_run": partner["run_id"], f"{tracking.TAG}stress_suite": suite.name}
+    base_tags = {f"{TAG}stage": STRESS, f"{TAG}stressed_run": run["run_id"],
+                 f"{TAG}erm_run": partner["run_id"], f"{TAG}stress_suite": suite.name}
     for key in ("dataset", "attribute", "method", "seed", "suite", "target", "groups"):
-        if f"{tracking.TAG}{key}" in src:
-            base_tags[f"{tracking.TAG}{key}"] = src[f"{tracking.TAG}{key}"]
+        if f"{TAG}{key}" in src:
+            base_tags[f"{TAG}{key}"] = src[f"{TAG}{key}"]
     for key, value in outcome.tags.items():  # from config.json when the tags lack them
-        base_tags.setdefault(f"{tracking.TAG}{key}", value)
+        base_tags.setdefault(f"{TAG}{key}", value)
     st = suite.settings
     base_params = {"stress.repeats": st.repeats, "stress.seed": st.seed, "stress.tolerance": st.tolerance,
                    "stress.delta": st.delta, "stress.selectors": ",".join(st.selectors), "stress.router": suite.router}
@@ -395,40 +394,40 @@ def log_outcome(tracker, outcome: StressOutcome, suite: StressSuite, run: dict, 
         rows = outcome.table[outcome.table["scenario"] == scenario.name]
         folder = scratch / scenario.name
         folder.mkdir(parents=True, exist_ok=True)
-        rows.to_parquet(folder / "stress.parquet", index=False)
-        tags = {**base_tags, f"{tracking.TAG}scenario": scenario.name, f"{tracking.TAG}scenario_kind": scenario.kind,
-                f"{tracking.TAG}key": key}
+        rows.to_parquet(folder / STRESS_ARTIFACT, index=False)
+        tags = {**base_tags, f"{TAG}scenario": scenario.name, f"{TAG}scenario_kind": scenario.kind,
+                f"{TAG}key": key}
         if scenario.name in skipped:
-            tags[f"{tracking.TAG}skipped"] = skipped[scenario.name]
+            tags[f"{TAG}skipped"] = skipped[scenario.name]
         params = {**base_params, "stress.severities": ",".join(f"{v:g}" for v in scenario.severities),
                   "stress.replace": scenario.replace, "stress.group": scenario.group or "(smallest)",
                   **{f"stress.{k}": v for k, v in scenario.options.items()}}
         summary, history = scenario_metrics(rows)
-        name = f"stress {scenario.name} {base_tags.get(tracking.TAG + 'method')} s{base_tags.get(tracking.TAG + 'seed')}"
+        name = f"stress {scenario.name} {base_tags.get(TAG + 'method')} s{base_tags.get(TAG + 'seed')}"
         tracking.log_finished_run(tracker, name, tags, params, summary, folder, history)
         done.add(key)
-    key = keys.get(BLIND_RUN)
+    key = keys.get(BLIND_SCENARIO)
     if key is not None and key not in done:
-        folder = scratch / BLIND_RUN
+        folder = scratch / BLIND_SCENARIO
         folder.mkdir(parents=True, exist_ok=True)
-        outcome.blind.to_parquet(folder / "blind.parquet", index=False)
+        outcome.blind.to_parquet(folder / BLIND_ARTIFACT, index=False)
         metrics = {f"stress/routing_accuracy/{k}": v for k, v in outcome.routing_accuracy.items()}
         for r in outcome.blind.itertuples():
             metrics[f"stress/{r.strategy}/{r.split}/harm/group:{r.group}"] = float(r.harm)
             metrics[f"stress/{r.strategy}/{r.split}/routing_accuracy/group:{r.group}"] = float(r.routing_accuracy)
-        tags = {**base_tags, f"{tracking.TAG}scenario": BLIND_RUN, f"{tracking.TAG}scenario_kind": "blind",
-                f"{tracking.TAG}key": key}
+        tags = {**base_tags, f"{TAG}scenario": BLIND_SCENARIO, f"{TAG}scenario_kind": "blind",
+                f"{TAG}key": key}
         reasons = [line for line in outcome.skipped if "blind" in line]
         if not len(outcome.blind) and reasons:
-            tags[f"{tracking.TAG}skipped"] = "; ".join(reasons)
-        tracking.log_finished_run(tracker, f"stress {BLIND_RUN} {base_tags.get(tracking.TAG + 'method')}", tags,
+            tags[f"{TAG}skipped"] = "; ".join(reasons)
+        tracking.log_finished_run(tracker, f"stress {BLIND_SCENARIO} {base_tags.get(TAG + 'method')}", tags,
                                   base_params, metrics, folder)
         done.add(key)
 
 
 def _pair_key(run: dict) -> tuple:
     t = run["tags"]
-    return tuple(str(t.get(f"noharm.{k}")) for k in ("suite", "dataset", "target", "attribute", "seed"))
+    return tuple(str(t.get(tag(k))) for k in ("suite", "dataset", "target", "attribute", "seed"))
 
 
 def _folder(path: str | os.PathLike, run: dict) -> RunFolder:
@@ -437,12 +436,12 @@ def _folder(path: str | os.PathLike, run: dict) -> RunFolder:
 
     path = Path(path)
     tags, params = run["tags"], run.get("params", {})
-    config = RunFolder.read(path).config if (path / "config.json").is_file() else {}
-    if not (path / "predictions.parquet").is_file():
-        raise ConfigError(f"MLflow run {run['run_id']} has no predictions.parquet")
+    config = RunFolder.read(path).config if (path / CONFIG_ARTIFACT).is_file() else {}
+    if not (path / PREDICTIONS_ARTIFACT).is_file():
+        raise ConfigError(f"MLflow run {run['run_id']} has no {PREDICTIONS_ARTIFACT}")
     for key in ("dataset", "attribute", "method"):
-        config.setdefault(key, tags.get(f"noharm.{key}"))
-    config.setdefault("seed", int(tags.get("noharm.seed", 0)))
+        config.setdefault(key, tags.get(tag(key)))
+    config.setdefault("seed", int(tags.get(tag("seed"), 0)))
     if "resolved_hparams" not in config:  # rebuild from the run's params (one per hyperparameter)
         config["resolved_hparams"] = {k: yaml.safe_load(v) for k, v in params.items()
                                       if "." not in k and not k.startswith("trial")}
@@ -450,4 +449,4 @@ def _folder(path: str | os.PathLike, run: dict) -> RunFolder:
         config["dataset_options"] = {k.split(".", 1)[1]: yaml.safe_load(v) for k, v in params.items()
                                      if k.startswith("dataset.")}
     config.setdefault("min_group_size", int(params.get("trial.min_group_size", 10)))
-    return RunFolder(path=path, config=config, predictions=pd.read_parquet(path / "predictions.parquet"))
+    return RunFolder(path=path, config=config, predictions=pd.read_parquet(path / PREDICTIONS_ARTIFACT))

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from noharm.analysis.record import COMPOSE, EVALUATE, SEARCH
 from noharm.bench.sweep.suite import DatasetEntry, Suite
 from noharm.bench.trial import TrialConfig
 
@@ -139,7 +140,7 @@ def count_trials(suite: Suite) -> dict[str, int]:
     grid = cells(suite)
     n_pairs = len({c.pair for c in grid})
     return {
-        "search": sum(suite.search.trials for c in grid if c.searched),
-        "evaluate": len(grid) * len(suite.seeds),
-        "compose": n_pairs * len(suite.seeds) * len(composed_methods(suite)),
+        SEARCH: sum(suite.search.trials for c in grid if c.searched),
+        EVALUATE: len(grid) * len(suite.seeds),
+        COMPOSE: n_pairs * len(suite.seeds) * len(composed_methods(suite)),
     }

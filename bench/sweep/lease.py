@@ -34,7 +34,8 @@ from pathlib import Path
 from mlflow.exceptions import MlflowException
 
 from noharm.bench.errors import ConfigError
-from noharm.bench.tracking import TAG, Tracker
+from noharm.analysis.record import TAG
+from noharm.bench.tracking import Tracker
 
 HEARTBEAT = 10.0
 STALE_AFTER = 60.0

@@ -9,13 +9,14 @@ Model selection used validation only; test numbers are reported, never used.
 
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
 import pandas as pd
 
-from noharm.bench.tracking import metric_name
+from noharm.analysis.collect import TIDY_COLUMNS, tidy_rows
+from noharm.analysis.record import COMPOSE, metric_name, primary_candidate
+from noharm.analysis.tables import below_erm_counts
 
 COLUMNS = {"acc": "acc", "worst_acc": "acc/worst", "acc_gap": "acc/gap", "worst_auc": "auc/worst"}
 KEYS = ["dataset", "target", "attribute"]
@@ -26,33 +27,41 @@ def _value(row: pd.Series, name: str) -> float:
     return math.nan if v is None or pd.isna(v) else float(v)
 
 
+def _text(value) -> str:
+    """A tag's text; a tag the run lacks is NaN in the wide frame."""
+    return value if isinstance(value, str) else ""
+
+
+def _tidy(frame: pd.DataFrame) -> pd.DataFrame:
+    """The runs of `Tracker.frame` as the report's tidy table (one row per number)."""
+    rows = []
+    for r in frame.to_dict("records"):
+        record = {"run": r["run_id"], "seed": int(r["seed"]), "groups": _text(r.get("groups")) or "[]",
+                  **{k: _text(r.get(k)) for k in ("stage", *KEYS, "method", "strategy", "candidates")}}
+        rows += tidy_rows(record, {k: v for k, v in r.items() if "/" in k and isinstance(v, (int, float))})
+    return pd.DataFrame(rows, columns=list(TIDY_COLUMNS))
+
+
 def per_run(frame: pd.DataFrame) -> pd.DataFrame:
-    """One row per run with its candidate's test metrics and the number of groups it harms."""
+    """One row per run with its candidate's test metrics and the number of groups it harms: groups whose
+    test accuracy is below ERM's on the same seed, counted by `analysis.tables.below_erm_counts` (the
+    report's own definition), NaN without an ERM run to compare with."""
     if frame.empty:
         return pd.DataFrame()
-    frame = frame.copy()
-    for col in ("strategy", "target"):
-        if col not in frame.columns:
-            frame[col] = ""
-    frame[["strategy", "target"]] = frame[["strategy", "target"]].fillna("")
-    erm = frame[(frame["stage"] == "evaluate") & (frame["method"] == "erm")]
-    erm_by = {tuple(r[k] for k in (*KEYS, "seed")): r for _, r in erm.iterrows()}
+    counts = below_erm_counts(_tidy(frame), "acc")
+    counts = counts[counts["primary"]]
+    harmed = {run: float(below) if known else math.nan
+              for run, below, known in zip(counts["run"], counts["below"], counts["known"])}
     rows = []
     for _, r in frame.iterrows():
-        if r["stage"] == "compose":
-            cand, label = f"selected:{r['strategy']}", f"{r['method']} + {r['strategy']}"
-        else:
-            cand, label = str(r.get("candidates", "model")).split(",")[0], r["method"]
-        out = {**{k: r[k] for k in KEYS}, "method": label, "candidate": cand, "seed": int(r["seed"])}
+        strategy = _text(r.get("strategy"))
+        cand = primary_candidate(r["stage"], _text(r.get("candidates")), strategy)
+        label = f"{r['method']} + {strategy}" if r["stage"] == COMPOSE else r["method"]
+        out = {**{k: _text(r.get(k)) for k in KEYS}, "method": label,
+               "candidate": cand, "seed": int(r["seed"])}
         for col, metric in COLUMNS.items():
             out[col] = _value(r, f"test/{cand}/{metric}")
-        ref = erm_by.get(tuple(r[k] for k in (*KEYS, "seed")))
-        harmed = math.nan
-        if ref is not None:
-            groups = json.loads(r.get("groups") or "[]")
-            diffs = [_value(r, f"test/{cand}/acc/group:{g}") - _value(ref, f"test/model/acc/group:{g}") for g in groups]
-            harmed = float(sum(d < 0 for d in diffs if not math.isnan(d)))
-        out["harmed_groups"] = harmed
+        out["harmed_groups"] = harmed.get(r["run_id"], math.nan)
         rows.append(out)
     return pd.DataFrame(rows)
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from noharm.analysis.record import EVALUATE, SEARCH, TAG
 from noharm.bench.sweep.suite import Suite, check_files
 from noharm.bench.sweep.preflight import preflight
 from noharm.bench.tracking import Tracker, default_uri, git_commit, is_local_store
@@ -108,15 +109,14 @@ def searcher_from_store(suite: Suite, tracker: Tracker, invocation: str):
     """A searcher rebuilt from what MLflow holds after a sweep, with this invocation's FAILED runs as failures."""
     from noharm.bench.sweep.keys import CODE_VERSION
     from noharm.bench.sweep.searcher import Failure, SweepSearcher, prior_search_results
-    from noharm.bench.tracking import TAG
 
     finished = tracker.finished_index(suite.name)
-    prior = prior_search_results([r for (stage, _), r in finished.items() if stage == "search"], suite, CODE_VERSION)
+    prior = prior_search_results([r for (stage, _), r in finished.items() if stage == SEARCH], suite, CODE_VERSION)
     searcher = SweepSearcher(suite, finished, prior)
     failed = tracker.runs(suite=suite.name, status="FAILED", extra=f"tags.`{TAG}invocation` = '{invocation}'")
     for run in failed:
         tags = run.data.tags
-        stage = tags.get(f"{TAG}stage", "evaluate")
+        stage = tags.get(f"{TAG}stage", EVALUATE)
         label = f"{tags.get(f'{TAG}cell', run.info.run_name)} s{tags.get(f'{TAG}seed', '?')}"  # as the live labels
         searcher.failures.append(Failure(stage, label, tags.get(f"{TAG}error", "")))
         searcher.counts[stage].failed += 1
@@ -206,7 +206,7 @@ def _run_locked(suite: Suite, out: Path, tracker: Tracker, exp_name: str, addres
     uri = tracker.uri
     stale = tracker.close_stale(suite.name)
     finished = tracker.finished_index(suite.name)
-    prior = prior_search_results([r for (stage, _), r in finished.items() if stage == "search"], suite, CODE_VERSION)
+    prior = prior_search_results([r for (stage, _), r in finished.items() if stage == SEARCH], suite, CODE_VERSION)
     searcher = SweepSearcher(suite, finished, prior)
     if not quiet:
         say = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731

@@ -35,12 +35,12 @@ from typing import Any
 
 from ray.tune.search import Searcher
 
+from noharm.analysis.record import COMPOSE, EVALUATE, SEARCH, TAG
 from noharm.bench.sweep import grid
 from noharm.bench.sweep.grid import ERM, Cell
 from noharm.bench.sweep.keys import compose_key, trial_key
 from noharm.bench.sweep.suite import Suite
 from noharm.bench.sweep.trials import WORST_OBJECTIVE, stored_objective
-from noharm.bench.tracking import TAG
 
 
 @dataclass
@@ -103,7 +103,7 @@ class SweepSearcher(Searcher):
         self.suite = suite
         self.finished_runs = {k: run.info.run_id for k, run in finished.items()}
         self.cells = {c.id: c for c in grid.cells(suite)}
-        self.counts = {stage: StageCount() for stage in ("search", "evaluate", "compose")}
+        self.counts = {stage: StageCount() for stage in (SEARCH, EVALUATE, COMPOSE)}
         self.failures: list[Failure] = []
         self.queue: deque[dict[str, Any]] = deque()
         self.live: dict[str, dict[str, Any]] = {}  # trial id -> spec
@@ -115,8 +115,8 @@ class SweepSearcher(Searcher):
         self.compose_pending = {(c.pair, c.method, s) for c in self.cells.values()
                                 if c.method in self.composed_methods for s in suite.seeds}
         planned = grid.count_trials(suite)
-        self.counts["evaluate"].planned = planned["evaluate"]
-        self.counts["compose"].planned = len(self.compose_pending)
+        self.counts[EVALUATE].planned = planned[EVALUATE]
+        self.counts[COMPOSE].planned = len(self.compose_pending)
         for cell in self.cells.values():
             if cell.searched:
                 self._start_search(cell, prior_search.get(cell.id, []))
@@ -157,7 +157,7 @@ class SweepSearcher(Searcher):
             count.skipped += 1
         else:
             count.done += 1
-        handler = {"search": self._search_done, "evaluate": self._evaluate_done, "compose": lambda *a: None}
+        handler = {SEARCH: self._search_done, EVALUATE: self._evaluate_done, COMPOSE: lambda *a: None}
         handler[spec["stage"]](spec, trial_id, None if failed else result)
 
     def save(self, checkpoint_path: str) -> None:
@@ -192,8 +192,8 @@ class SweepSearcher(Searcher):
             state.keys[number] = key
         state.todo = [i for i in range(trials) if i not in state.results]
         self.searches[cell.id] = state
-        self.counts["search"].planned += trials
-        self.counts["search"].skipped += len(state.results)
+        self.counts[SEARCH].planned += trials
+        self.counts[SEARCH].skipped += len(state.results)
 
     def _next_search(self, trial_id: str) -> dict[str, Any] | None:
         # Round-robin over cells with budget left, so every search progresses.
@@ -224,7 +224,7 @@ class SweepSearcher(Searcher):
             # validation) than the defaults: three random draws can all land where a method fails.
             hparams = declared_defaults(state.cell.method, state.space) if number == 0 and attempt == 0 \
                 else draw_settings(state.space, history, seed)
-            spec = self._trial_spec("search", state.cell, hparams, self.suite.search_seed)
+            spec = self._trial_spec(SEARCH, state.cell, hparams, self.suite.search_seed)
             # A small discrete space may have nothing new left: the last draw then runs anyway
             # (a cheap skip when its key is FINISHED).
             if spec["key"] not in taken:
@@ -263,22 +263,22 @@ class SweepSearcher(Searcher):
     def _enqueue_evaluate(self, cell: Cell) -> None:
         hparams, best_run, best_key = self.best[cell.id]
         for seed in self.suite.seeds:
-            spec = self._trial_spec("evaluate", cell, hparams, seed)
-            done = self.finished_runs.get(("evaluate", spec["key"]))
+            spec = self._trial_spec(EVALUATE, cell, hparams, seed)
+            done = self.finished_runs.get((EVALUATE, spec["key"]))
             if done:
-                self.counts["evaluate"].skipped += 1
+                self.counts[EVALUATE].skipped += 1
                 self._record_evaluate(cell, seed, done, spec["key"])
                 continue
             # Search runs keep no model.pt when only evaluate runs do: the search seed then retrains
             # (same seed, same numbers) so that its evaluate run has one.
-            if best_run and spec["key"] == best_key and self.suite.keep_models != "evaluate":
+            if best_run and spec["key"] == best_key and self.suite.keep_models != EVALUATE:
                 spec["copy_from"] = best_run
             self.queue.append(spec)
 
     def _block_evaluate(self, cell: Cell, reason: str) -> None:
         for seed in self.suite.seeds:
-            self.counts["evaluate"].blocked += 1
-            self.failures.append(Failure("evaluate", f"{cell.id} s{seed}", f"not run: {reason}"))
+            self.counts[EVALUATE].blocked += 1
+            self.failures.append(Failure(EVALUATE, f"{cell.id} s{seed}", f"not run: {reason}"))
             self._evaluate_failed(cell, seed)
 
     def _evaluate_done(self, spec: dict[str, Any], trial_id: str, result: dict | None) -> None:
@@ -308,8 +308,8 @@ class SweepSearcher(Searcher):
             failed = [c for c in (erm_id, method_id) if (c, seed) in self.eval_failed]
             if failed:
                 self.compose_pending.discard(unit)
-                self.counts["compose"].blocked += 1
-                self.failures.append(Failure("compose", f"{method_id} s{seed}",
+                self.counts[COMPOSE].blocked += 1
+                self.failures.append(Failure(COMPOSE, f"{method_id} s{seed}",
                                              f"not run: evaluate of {failed[0]} failed"))
                 continue
             if (erm_id, seed) not in self.eval_runs or (method_id, seed) not in self.eval_runs:
@@ -320,14 +320,14 @@ class SweepSearcher(Searcher):
             candidate = grid.compose_candidate(method)
             metric = self.suite.selection.metric
             keys = {s: compose_key(method_key, erm_key, s, metric, candidate) for s in self.suite.selectors}
-            if all(("compose", k) in self.finished_runs for k in keys.values()):
-                self.counts["compose"].skipped += 1
+            if all((COMPOSE, k) in self.finished_runs for k in keys.values()):
+                self.counts[COMPOSE].skipped += 1
                 continue
             cell = self.cells[method_id]
             self.queue.append({
-                "stage": "compose", "cell": method_id, "key": method_key,
+                "stage": COMPOSE, "cell": method_id, "key": method_key,
                 "name": f"compose {method_id} s{seed}", "label": f"{method_id} s{seed}",
-                "tags": {}, "compose": {"method_run": method_run, "erm_run": erm_run, "strategies": list(keys),
+                "tags": {}, COMPOSE: {"method_run": method_run, "erm_run": erm_run, "strategies": list(keys),
                                         "keys": keys, "metric": metric, "candidate": candidate,
                                         "dataset": cell.dataset, "seed": seed},
             })

@@ -21,7 +21,8 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from noharm.bench.tracking import TAG, Tracker
+from noharm.analysis.record import COMPOSE, EVALUATE, PREDICTIONS_ARTIFACT, TAG, selected
+from noharm.bench.tracking import Tracker
 
 # Reported to Optuna for an undefined objective (e.g. worst-group AUC of a one-class group).
 WORST_OBJECTIVE = -1e9
@@ -47,7 +48,7 @@ def tune_trainable(config: dict[str, Any], context: dict[str, Any]) -> None:
 def execute(spec: dict[str, Any], context: dict[str, Any]) -> dict[str, Any]:
     """Run one spec against MLflow; returns {"run_id", "objective", "failed", "skipped", "error"}."""
     tracker = tracker_for(context)
-    if spec["stage"] == "compose":
+    if spec["stage"] == COMPOSE:
         return run_compose(spec, context, tracker)
     done = tracker.find_finished(context["suite"], spec["stage"], spec["key"])
     if done is not None:
@@ -149,7 +150,7 @@ def run_training(spec: dict[str, Any], context: dict[str, Any], tracker: Tracker
 def keeps_model(context: dict[str, Any], stage: str) -> bool:
     """Whether a run of `stage` stores model.pt under the suite's `keep_models` (evaluate, all or none)."""
     keep = context.get("keep_models", "evaluate")
-    return keep == "all" or (keep == "evaluate" and stage == "evaluate")
+    return keep == "all" or (keep == EVALUATE and stage == EVALUATE)
 
 
 def one_line(exc: BaseException) -> str:
@@ -161,7 +162,7 @@ def run_compose(spec: dict[str, Any], context: dict[str, Any], tracker: Tracker)
     """Compose a method's evaluate run with its seed's ERM run: one MLflow run per strategy."""
     c = spec["compose"]
     todo = {s: k for s, k in c["keys"].items()
-            if tracker.find_finished(context["suite"], "compose", k) is None}
+            if tracker.find_finished(context["suite"], COMPOSE, k) is None}
     if not todo:
         return {"run_id": "", "objective": 0.0, "failed": 0, "skipped": 1, "error": ""}
     method_run = tracker.get(c["method_run"])
@@ -203,10 +204,10 @@ def log_composition(tracker: Tracker, run_id: str, composed, report: dict[str, A
                     candidate: str, names: list[str]) -> None:
     """One strategy's run: its selected candidate next to the method's candidate and ERM."""
     from noharm.analysis import predictions as P
-    from noharm.bench.compose import ERM_CANDIDATE, selected_name
+    from noharm.bench.compose import ERM_CANDIDATE
     from noharm.bench.trial import score_predictions
 
-    keep = [candidate, ERM_CANDIDATE, selected_name(strategy)]
+    keep = [candidate, ERM_CANDIDATE, selected(strategy)]
     cols = list(P.KEY_COLUMNS) + [col for cand in keep for col in composed.columns
                                   if col.startswith(f"{P.PROBA_PREFIX}{cand}/")]
     table = composed[cols]
@@ -218,7 +219,7 @@ def log_composition(tracker: Tracker, run_id: str, composed, report: dict[str, A
                               f"{TAG}selection_status": report["status"]})
     tracker.log_metrics(run_id, metrics)
     with tempfile.TemporaryDirectory(prefix="noharm-compose-") as tmp:
-        table.to_parquet(Path(tmp) / "predictions.parquet", index=False)
+        table.to_parquet(Path(tmp) / PREDICTIONS_ARTIFACT, index=False)
         (Path(tmp) / "selection.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
         tracker.log_dir(run_id, tmp)
     tracker.finish(run_id)

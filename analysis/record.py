@@ -1,0 +1,115 @@
+"""The MLflow record of a noharm run, defined once.
+
+The writer (`noharm.bench`: trials, compositions, stress runs) and the reader (`noharm.analysis.collect`,
+the sweep's own table) both take the record's names from here: the tag prefix, the stage names, how a
+metric is named, the `selected:` candidate prefix, and the artifacts with their columns. Change the
+format here and both sides follow.
+
+Metric names: `<split>/<candidate>/<metric>` for the whole split, `.../<metric>/group:<group>` per group,
+`.../<metric>/worst` and `.../<metric>/gap` over groups; `diag/<candidate>/...` for the failure
+signatures of experts; `cost/...` and `selection/...` describe the run. Group names inside metric names
+pass through `metric_name` (MLflow's character set).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Mapping
+
+TAG = "noharm."  # every tag noharm writes starts with this
+
+# Stages: what a run is. A sweep's searches, its evaluations, compositions with a no-harm selector,
+# and stress runs (`noharm stress`) re-scoring a finished evaluation under shift.
+SEARCH, EVALUATE, COMPOSE, STRESS = "search", "evaluate", "compose", "stress"
+SWEEP_STAGES = (SEARCH, EVALUATE, COMPOSE)
+TABLE_STAGES = (EVALUATE, COMPOSE)  # the runs tables are built from
+
+SPLITS = ("val", "test")  # the splits a run stores and scores
+DIAG = "diag"  # metric head of the experts' failure signatures (analysis.diagnostics)
+RUN_HEADS = ("cost", "selection")  # metric heads that describe the run, not a candidate
+GROUP_MARK = "/group:"
+AGGREGATES = ("worst", "gap")
+
+SELECTED_PREFIX = "selected:"  # candidate of a composition: `selected:<strategy>`
+
+# Artifacts of an evaluate / compose run, and of a stress run.
+PREDICTIONS_ARTIFACT = "predictions.parquet"
+CONFIG_ARTIFACT = "config.json"
+MODEL_ARTIFACT = "model.pt"
+STRESS_ARTIFACT = "stress.parquet"
+BLIND_ARTIFACT = "blind.parquet"
+BLIND_SCENARIO = "blind-routing"  # scenario tag of the stress run holding blind.parquet
+# Columns every stress.parquet must hold (the stress runner writes more; the report reads these).
+STRESS_COLUMNS = ("dataset", "attribute", "method", "seed", "scenario", "severity", "strategy", "harm_rate",
+                  "max_harm", "gap", "worst_group", "changed_rate", "repeats")
+BLIND_COLUMNS = ("dataset", "attribute", "method", "seed", "strategy", "group", "n", "routing_accuracy", "blind", "erm",
+                 "harm", "harmed", "split")
+
+# MLflow accepts letters, digits, `_ - . : /` and spaces in metric names.
+_FORBIDDEN = re.compile(r"[^\w.\- :/]")
+
+
+def tag(name: str) -> str:
+    """The MLflow tag key of a noharm tag: `tag("stage")` -> `noharm.stage`."""
+    return f"{TAG}{name}"
+
+
+def untag(tags: Mapping[str, str]) -> dict[str, str]:
+    """A run's noharm tags without the prefix (other tags dropped)."""
+    return {k.removeprefix(TAG): v for k, v in tags.items() if k.startswith(TAG)}
+
+
+def selected(strategy: str) -> str:
+    """The candidate name of a composition with `strategy`."""
+    return f"{SELECTED_PREFIX}{strategy}"
+
+
+def metric_name(name: str) -> str:
+    """`name` made acceptable to MLflow: every character outside letters, digits, `_ - . : /` and
+    space becomes `_`, and path segments MLflow would normalise away (`.`, `..`, empty) too."""
+    parts = _FORBIDDEN.sub("_", name).split("/")
+    return "/".join("_" if p in ("", ".", "..") else p for p in parts)
+
+
+def metric_key(split: str, candidate: str, metric: str, group: str | None = None) -> str:
+    """The metric name of `metric` of `candidate` on `split`, per group when `group` is given
+    (`worst`/`gap` are aggregates over groups, not groups)."""
+    if group is None:
+        return f"{split}/{candidate}/{metric}"
+    if group in AGGREGATES:
+        return f"{split}/{candidate}/{metric}/{group}"
+    return f"{split}/{candidate}/{metric}{GROUP_MARK}{group}"
+
+
+def parse_metric(name: str, group_of: Mapping[str, str]) -> tuple[str, str, str, str] | None:
+    """(split, candidate, metric, group) of an MLflow metric name, or None for names the tables ignore.
+
+    `group_of` maps a sanitised group fragment back to the group's real name (from the run's
+    `noharm.groups` tag); unknown fragments are kept as they are. `group` is `overall` for the whole
+    split, `worst`/`gap` for the aggregates.
+    """
+    head, _, rest = name.partition("/")
+    if head in SPLITS or head == DIAG:
+        candidate, _, rest = rest.partition("/")
+        if not candidate or not rest:
+            return None
+        split = head
+    elif head in RUN_HEADS:
+        split, candidate = head, ""
+    else:
+        return None
+    if GROUP_MARK in rest:
+        metric, _, fragment = rest.partition(GROUP_MARK)
+        return split, candidate, metric, group_of.get(fragment, fragment)
+    for agg in AGGREGATES:
+        if rest.endswith(f"/{agg}"):
+            return split, candidate, rest[: -len(agg) - 1], agg
+    return split, candidate, rest, "overall"
+
+
+def primary_candidate(stage: str, candidates: str, strategy: str) -> str:
+    """The candidate a run stands for: the selected one of a composition, else the first declared one."""
+    if stage == COMPOSE:
+        return selected(strategy)
+    first = candidates.split(",")[0].strip()
+    return first or "model"
