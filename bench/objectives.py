@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 
@@ -39,8 +40,6 @@ def make_objective(name: str, y: np.ndarray, groups: np.ndarray, group_names: li
     sign = -1.0 if key.endswith(MINIMISED_SUFFIXES) else 1.0
 
     def score(proba: np.ndarray) -> float:
-        import warnings
-
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # one-class groups warn every epoch otherwise
             value = evaluate(y, proba, groups, group_names)[key]

@@ -37,7 +37,12 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+import mlflow
 import pandas as pd
+from mlflow.entities import Metric, Param, RunTag, ViewType
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+from sqlalchemy.exc import SQLAlchemyError
 
 from noharm.analysis.record import COMPOSE, EVALUATE, PREDICTIONS_ARTIFACT, TAG, metric_name, untag
 from noharm.bench.errors import ConfigError
@@ -129,8 +134,6 @@ class Tracker:
     """One experiment of one tracking store, through an explicit MlflowClient."""
 
     def __init__(self, uri: str, experiment_id: str):
-        from mlflow.tracking import MlflowClient
-
         self.uri = uri
         self.experiment_id = experiment_id
         self.client = MlflowClient(tracking_uri=uri)
@@ -142,10 +145,6 @@ class Tracker:
 
         Trials racing to create tables would fail, so the driver does it first.
         """
-        from mlflow.exceptions import MlflowException
-        from mlflow.tracking import MlflowClient
-        from sqlalchemy.exc import SQLAlchemyError
-
         try:
             client = MlflowClient(tracking_uri=uri)  # opens (and migrates) a database store
             exp = client.get_experiment_by_name(experiment)
@@ -164,8 +163,6 @@ class Tracker:
     def runs(self, suite: str | None = None, stage: str | None = None, status: str | None = None,
              key: str | None = None, extra: str | None = None) -> list:
         """Runs of this experiment matching the given tags (all pages)."""
-        from mlflow.entities import ViewType
-
         clauses = []
         if suite is not None:
             clauses.append(f"tags.`{TAG}suite` = '{suite}'")
@@ -221,8 +218,6 @@ class Tracker:
 
     def start(self, name: str, tags: dict[str, Any], params: dict[str, Any] | None = None) -> str:
         """Create a RUNNING run with tags and params; returns its id."""
-        from mlflow.entities import Param
-
         run = self.client.create_run(self.experiment_id, run_name=name,
                                      tags={k: str(v) for k, v in tags.items()})
         run_id = run.info.run_id
@@ -233,8 +228,6 @@ class Tracker:
 
     def log_metrics(self, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
         """Log many metrics in few calls; names go through `metric_name`; None becomes NaN."""
-        from mlflow.entities import Metric
-
         now = int(time.time() * 1000)
         items = [Metric(metric_name(k), float("nan") if v is None else float(v), now, step) for k, v in metrics.items()]
         for chunk in _chunks(items, 1000):
@@ -242,8 +235,6 @@ class Tracker:
 
     def log_history(self, run_id: str, history: Iterable[tuple[int, dict[str, float]]]) -> None:
         """Per-epoch curves: {name: value} per step."""
-        from mlflow.entities import Metric
-
         now = int(time.time() * 1000)
         items = [Metric(metric_name(k), float(v), now, int(step)) for step, values in history for k, v in values.items()
                  if v is not None and not (isinstance(v, float) and math.isnan(v))]
@@ -251,8 +242,6 @@ class Tracker:
             self.client.log_batch(run_id, metrics=chunk)
 
     def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
-        from mlflow.entities import RunTag
-
         items = [RunTag(k, str(v)) for k, v in tags.items()]
         for chunk in _chunks(items, 100):
             self.client.log_batch(run_id, tags=chunk)
@@ -298,8 +287,6 @@ class Tracker:
         try:
             curves = [k for k in src.data.metrics if k.startswith("epoch/")]
             self.log_metrics(run_id, {k: v for k, v in src.data.metrics.items() if k not in curves})
-            from mlflow.entities import Metric
-
             for k in curves:
                 hist = self.client.get_metric_history(src_run_id, k)
                 items = [Metric(k, m.value, m.timestamp, m.step) for m in hist]
@@ -353,10 +340,6 @@ class Tracker:
 
 def open_existing(experiment: str, tracking_uri: str | None = None) -> Tracker:
     """A Tracker on an experiment that must already exist (ConfigError otherwise); default URI: MLflow's own."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
     uri = tracking_uri or mlflow.get_tracking_uri()
     check_tracking_uri(uri)
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
+from pathlib import Path
+
+import yaml
+
 from noharm.bench.errors import ConfigError
 
 
@@ -11,8 +16,6 @@ class UsageError(ConfigError):
 
 def parse_options(items: list[str] | None) -> dict[str, object]:
     """`--option key=value` pairs; values parsed as YAML scalars (numbers, booleans, strings)."""
-    import yaml
-
     out: dict[str, object] = {}
     for item in items or []:
         key, sep, value = item.partition("=")
@@ -24,8 +27,6 @@ def parse_options(items: list[str] | None) -> dict[str, object]:
 
 def non_negative_int(text: str) -> int:
     """argparse type of --seed: an integer >= 0 (numpy and torch seeds cannot be negative)."""
-    import argparse
-
     try:
         value = int(text)
     except ValueError:
@@ -37,8 +38,6 @@ def non_negative_int(text: str) -> int:
 
 def check_out_folder(out: str | None, force: bool = False) -> None:
     """--out names a folder (created when missing) that is empty unless --force."""
-    from pathlib import Path
-
     if not out:
         return
     path = Path(out)
@@ -52,7 +51,7 @@ def check_device(device: str) -> None:
     """`auto` or a device string torch parses (cpu, cuda, cuda:1, mps); availability is the worker's business."""
     if device == "auto":
         return
-    import torch
+    import torch  # lazy: torch costs seconds of start-up for every command
 
     try:
         torch.device(device)

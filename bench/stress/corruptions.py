@@ -22,6 +22,7 @@ import math
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from noharm.bench.errors import ConfigError
 
@@ -99,8 +100,6 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
 
 
 def _jpeg(x: np.ndarray, quality: int) -> np.ndarray:
-    from PIL import Image
-
     c = x.shape[1]
     if c not in (1, 3):
         raise ConfigError(f"jpeg corruption needs 1 or 3 channels, got {c}")

@@ -38,6 +38,7 @@ import numpy as np
 import pandas as pd
 
 from noharm.analysis.metrics import accuracy_by_group
+from noharm.bench.compose import ERM_SOURCE, align, choose_candidate, group_ids_to_names, raw_proba
 from noharm.bench.errors import ConfigError
 from noharm.bench.stress.scenarios import BLOCK, Scenario, ScenarioSkipped, SplitView, Weights, block_rng
 from noharm.bench.stress.selection import CHOOSERS, MAX_ENUMERATE_GROUPS, ValStats, choose
@@ -98,8 +99,6 @@ class StressData:
         `pred_group` (int [N], -1 where unknown) and `routed_proba` ([N, C]) are
         optional routing data aligned with `method_preds`' rows.
         """
-        from noharm.bench.compose import ERM_SOURCE, align, choose_candidate, group_ids_to_names, raw_proba
-
         erm = align(method_preds, erm_preds)
         cand = choose_candidate(method_preds, candidate)
         names = tuple(group_ids_to_names(method_preds))

@@ -20,6 +20,8 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
+from ray._private.services import get_ray_address_from_environment
+
 from noharm.bench.errors import ConfigError
 from noharm.bench.tracking import CONNECT_TIMEOUT, check_sqlite_store, check_tracking_server, check_tracking_uri
 
@@ -69,8 +71,6 @@ def check_ray_address(address: str | None, timeout: float = CONNECT_TIMEOUT) -> 
 def _current_cluster() -> str | None:
     """The address `auto` means ($RAY_ADDRESS, else what `ray start --head` here left), found the way
     `ray.init(address="auto")` finds it; None when there is none."""
-    from ray._private.services import get_ray_address_from_environment
-
     try:
         return get_ray_address_from_environment("auto", None)
     except ConnectionError:

@@ -15,14 +15,22 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import tempfile
 import traceback
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from ray import tune
+
+from noharm.analysis import predictions as P
 from noharm.analysis.record import COMPOSE, EVALUATE, PREDICTIONS_ARTIFACT, TAG, selected
+from noharm.bench.compose import ERM_CANDIDATE, compose
+from noharm.bench.objectives import MINIMISED_SUFFIXES, canonical
 from noharm.bench.tracking import Tracker
+from noharm.bench.trial import TrialConfig, run_trial, save_trial, score_predictions
+from noharm.methods import get_method
 
 # Reported to Optuna for an undefined objective (e.g. worst-group AUC of a one-class group).
 WORST_OBJECTIVE = -1e9
@@ -40,8 +48,6 @@ def tracker_for(context: dict[str, Any]) -> Tracker:
 
 def tune_trainable(config: dict[str, Any], context: dict[str, Any]) -> None:
     """The Ray Tune function trainable: run the spec, report one result."""
-    from ray import tune
-
     tune.report(execute(config["spec"], context))
 
 
@@ -72,8 +78,6 @@ def base_tags(spec: dict[str, Any], context: dict[str, Any]) -> dict[str, Any]:
 
 def ray_node() -> str:
     """The id of the Ray node running this trial ("" outside Ray): which machine ran a run, or died under it."""
-    import sys
-
     ray = sys.modules.get("ray")
     if ray is None or not ray.is_initialized():
         return ""
@@ -90,8 +94,6 @@ def trial_params(cfg) -> dict[str, Any]:
 
 def objective_value(metrics: dict[str, float], candidate: str, objective: str) -> float:
     """The suite's validation objective of `candidate`, higher is better (gaps negated); NaN if undefined."""
-    from noharm.bench.objectives import MINIMISED_SUFFIXES, canonical
-
     key = canonical(objective)
     value = metrics.get(f"val/{candidate}/{key}", math.nan)
     value = math.nan if value is None else float(value)
@@ -105,9 +107,6 @@ def stored_objective(metrics: dict[str, float]) -> float:
 
 def run_training(spec: dict[str, Any], context: dict[str, Any], tracker: Tracker) -> dict[str, Any]:
     """Train the spec's trial (retrying up to `retries` times) and log it; a final failure ends FAILED."""
-    from noharm.bench.trial import TrialConfig, run_trial, save_trial
-    from noharm.methods import get_method
-
     names = {f.name for f in fields(TrialConfig)}
     cfg = TrialConfig(**{k: v for k, v in spec["trial"].items() if k in names})
     run_id = tracker.start(spec["name"], base_tags(spec, context), trial_params(cfg))
@@ -191,9 +190,6 @@ def run_compose(spec: dict[str, Any], context: dict[str, Any], tracker: Tracker)
 
 def compose_predictions(tracker: Tracker, c: dict[str, Any]):
     """Download both predictions tables and compose them with every strategy (no retraining)."""
-    from noharm.analysis import predictions as P
-    from noharm.bench.compose import compose
-
     method_preds = tracker.load_predictions(c["method_run"])
     erm_preds = tracker.load_predictions(c["erm_run"])
     composed, report = compose(method_preds, erm_preds, c["strategies"], metric=c["metric"], candidate=c["candidate"])
@@ -203,10 +199,6 @@ def compose_predictions(tracker: Tracker, c: dict[str, Any]):
 def log_composition(tracker: Tracker, run_id: str, composed, report: dict[str, Any], strategy: str,
                     candidate: str, names: list[str]) -> None:
     """One strategy's run: its selected candidate next to the method's candidate and ERM."""
-    from noharm.analysis import predictions as P
-    from noharm.bench.compose import ERM_CANDIDATE
-    from noharm.bench.trial import score_predictions
-
     keep = [candidate, ERM_CANDIDATE, selected(strategy)]
     cols = list(P.KEY_COLUMNS) + [col for cand in keep for col in composed.columns
                                   if col.startswith(f"{P.PROBA_PREFIX}{cand}/")]
