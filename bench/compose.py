@@ -21,7 +21,8 @@ import pandas as pd
 from noharm.analysis import predictions as P
 from noharm.analysis.metrics import accuracy_by_group, group_table
 from noharm.bench.errors import ConfigError
-from noharm.methods.selection import STRATEGIES, UTILITY_WEIGHTING, SelectionResult, select
+from noharm.methods.selection import STRATEGIES, SelectionResult, select
+from noharm.settings import SELECTION_METRIC
 
 SELECTED_PREFIX = "selected:"
 ERM_CANDIDATE = "erm"  # ERM's scores inside the composed table
@@ -34,7 +35,7 @@ def selected_name(strategy: str) -> str:
 
 
 def compose(method_preds: pd.DataFrame, erm_preds: pd.DataFrame, strategies: Sequence[str],
-            metric: str = "accuracy", candidate: str | None = None) -> tuple[pd.DataFrame, dict[str, Any]]:
+            metric: str = SELECTION_METRIC.default, candidate: str | None = None) -> tuple[pd.DataFrame, dict[str, Any]]:
     """The method's predictions extended with `erm` and one `selected:<strategy>` candidate per strategy.
 
     `metric` ("accuracy" or "auc") is what the selection compares per group on
@@ -47,8 +48,7 @@ def compose(method_preds: pd.DataFrame, erm_preds: pd.DataFrame, strategies: Seq
     """
     if isinstance(strategies, str):
         strategies = [strategies]
-    if metric not in UTILITY_WEIGHTING:
-        raise ConfigError(f"unknown selection metric {metric!r}; choose one of: {', '.join(UTILITY_WEIGHTING)}")
+    SELECTION_METRIC.check(metric, ConfigError)
     unknown = [s for s in strategies if s not in STRATEGIES]
     if unknown:
         raise ConfigError(f"unknown selection strateg{'ies' if len(unknown) > 1 else 'y'} {', '.join(map(repr, unknown))}; "

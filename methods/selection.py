@@ -32,9 +32,11 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from noharm.settings import SELECTION_METRIC
+
 # Objective values closer than this are ties (metrics live in [0, 1]).
 TOL = 1e-9
-# metric -> how groups are weighted in the utility.
+# metric (a `SELECTION_METRIC` choice) -> how groups are weighted in the utility.
 UTILITY_WEIGHTING = {"accuracy": "size", "auc": "mean"}
 
 
@@ -118,7 +120,7 @@ def register_strategy(name: str) -> Callable[[Strategy], Strategy]:
 
 
 def select(expert: Sequence[float], erm: Sequence[float], sizes: Sequence[float], strategy: str,
-           metric: str = "accuracy") -> SelectionResult:
+           metric: str = SELECTION_METRIC.default) -> SelectionResult:
     """Choose, per group, the expert or pooled ERM from validation metrics.
 
     `expert[a]` and `erm[a]` are group a's validation metric under its expert
@@ -140,8 +142,7 @@ def select(expert: Sequence[float], erm: Sequence[float], sizes: Sequence[float]
 
 def make_problem(expert: Sequence[float], erm: Sequence[float], sizes: Sequence[float], metric: str) -> SelectionProblem:
     """Check the inputs (one clear ValueError per problem) and pack them as float arrays."""
-    if metric not in UTILITY_WEIGHTING:
-        raise ValueError(f"unknown selection metric {metric!r}; choose one of: {', '.join(UTILITY_WEIGHTING)}")
+    SELECTION_METRIC.check(metric)
     arrays = {}
     for name, seq in (("expert", expert), ("erm", erm), ("sizes", sizes)):
         try:
