@@ -3,7 +3,8 @@
 Pure functions of per-group validation metrics (no torch, no predictions):
 `select(expert, erm, sizes, strategy)` returns which groups use their expert.
 
-Strategies (registry `STRATEGIES`, name -> function):
+Strategies (registry `STRATEGIES`, name -> function; `methods.selection_batch` holds, beside it, their
+forms over many problems at once, for the stress repeats):
 
 - `erm`, `experts`: trivial choices, for ablation.
 - `greedy`: a group takes its expert only when the expert is strictly better.
@@ -337,7 +338,8 @@ def sign_test_p_value(b, c) -> np.ndarray:
     return binom.sf(b - 1, b + c, 0.5)
 
 
-def _check_delta(delta: float) -> float:
+def check_delta(delta: float) -> float:
+    """`delta` as a float when it is a valid level of `safe` (in (0, 0.5)); else a ValueError."""
     delta = float(delta)
     if not 0.0 < delta < 0.5:
         raise ValueError(f"safe selection level delta must be in (0, 0.5), got {delta}")
@@ -354,7 +356,7 @@ def safe_evidence(expert_correct, erm_correct, groups, n_groups: int, delta: flo
     `test="bootstrap"` is a paired percentile bootstrap (`n_boot` resamples of
     the per-sample differences, seeded by `seed`; approximately level delta).
     """
-    delta = _check_delta(delta)
+    delta = check_delta(delta)
     if test not in SAFE_TESTS:
         raise ValueError(f"unknown safe test {test!r}; choose one of: {', '.join(SAFE_TESTS)}")
     e = np.asarray(expert_correct)
@@ -380,7 +382,7 @@ def evidence_from_counts(n, b, c, delta: float = SAFE_DELTA, test: str = "sign",
     """`SafeEvidence` from per-group counts: n samples, b expert-only right, c ERM-only right."""
     from scipy.stats import beta
 
-    delta = _check_delta(delta)
+    delta = check_delta(delta)
     n, b, c = (np.asarray(v, dtype=np.int64) for v in (n, b, c))
     p = sign_test_p_value(b, c)
     d = b + c
