@@ -22,7 +22,8 @@ from noharm.analysis import predictions as P
 from noharm.analysis.metrics import accuracy_by_group, group_table
 from noharm.analysis.record import SELECTED_PREFIX, selected
 from noharm.bench.errors import ConfigError
-from noharm.methods.selection import STRATEGIES, UTILITY_WEIGHTING, SelectionResult, select
+from noharm.methods.selection import STRATEGIES, SelectionResult, select
+from noharm.settings import SELECTION_METRIC
 
 ERM_CANDIDATE = "erm"  # ERM's scores inside the composed table
 ERM_SOURCE = "model"  # ERM's candidate in its own table
@@ -30,7 +31,7 @@ EXPERT_CANDIDATE = "experts"
 
 
 def compose(method_preds: pd.DataFrame, erm_preds: pd.DataFrame, strategies: Sequence[str],
-            metric: str = "accuracy", candidate: str | None = None) -> tuple[pd.DataFrame, dict[str, Any]]:
+            metric: str = SELECTION_METRIC.default, candidate: str | None = None) -> tuple[pd.DataFrame, dict[str, Any]]:
     """The method's predictions extended with `erm` and one `selected:<strategy>` candidate per strategy.
 
     `metric` ("accuracy" or "auc") is what the selection compares per group on
@@ -43,8 +44,7 @@ def compose(method_preds: pd.DataFrame, erm_preds: pd.DataFrame, strategies: Seq
     """
     if isinstance(strategies, str):
         strategies = [strategies]
-    if metric not in UTILITY_WEIGHTING:
-        raise ConfigError(f"unknown selection metric {metric!r}; choose one of: {', '.join(UTILITY_WEIGHTING)}")
+    SELECTION_METRIC.check(metric, ConfigError)
     unknown = [s for s in strategies if s not in STRATEGIES]
     if unknown:
         raise ConfigError(f"unknown selection strateg{'ies' if len(unknown) > 1 else 'y'} {', '.join(map(repr, unknown))}; "

@@ -31,6 +31,7 @@ from noharm.bench.objectives import canonical, make_objective
 from noharm.datasets import Grouping, get_dataset
 from noharm.methods import FitContext, TaskData, get_method
 from noharm.methods.batches import eval_batch_size
+from noharm.settings import CHANNELS_LAST, PRECISION, SELECTION_METRIC
 
 SCORED_SPLITS = ("val", "test")
 # Splits a trial scores and stores by default (the scored ones); train is added for methods that declare
@@ -51,31 +52,27 @@ class TrialConfig:
     hparams: dict[str, Any] = field(default_factory=dict)
     dataset_options: dict[str, Any] = field(default_factory=dict)
     objective: str = "acc"  # validation metric for early stopping / best epoch
-    precision: str = "fp32"
-    channels_last: str = "auto"  # memory format of image models: auto, on, off (changes float rounding only)
+    precision: str = PRECISION.default
+    channels_last: str = CHANNELS_LAST.default  # changes float rounding only
     min_group_size: int = 10
     # No-harm selection against ERM inside the trial (the CLI's default for non-ERM
     # methods). Sweeps leave these empty and compose stored predictions instead.
     selectors: tuple[str, ...] = ()
-    selection_metric: str = "accuracy"
+    selection_metric: str = SELECTION_METRIC.default
     erm_predictions: str | None = None  # an ERM run folder for the same dataset, attribute and seed
     # Also score and store the training split (default: validation and test only).
     train_predictions: bool = False
 
     def validate(self) -> None:
         canonical(self.objective)
-        if self.selection_metric not in ("accuracy", "auc"):
-            raise ConfigError(f"unknown selection metric {self.selection_metric!r}; choose accuracy or auc")
+        for setting in (PRECISION, CHANNELS_LAST, SELECTION_METRIC):
+            setting.check(getattr(self, setting.name), ConfigError)
         if self.selectors:
             from noharm.methods.selection import STRATEGIES
 
             unknown = [s for s in self.selectors if s not in STRATEGIES]
             if unknown:
                 raise ConfigError(f"unknown selector {unknown[0]!r}; choose from: {', '.join(sorted(STRATEGIES))}")
-        if self.precision not in ("fp32", "bf16", "fp16"):
-            raise ConfigError(f"unknown precision {self.precision!r}; choose one of: fp32, bf16, fp16")
-        if self.channels_last not in ("auto", "on", "off"):
-            raise ConfigError(f"unknown channels_last {self.channels_last!r}; choose one of: auto, on, off")
 
 
 @dataclass

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from noharm.methods.hparams import Param, resolve
+from noharm.settings import CHANNELS_LAST, PRECISION
 
 
 @dataclass
@@ -48,9 +49,8 @@ class FitContext:
     seed: int = 0
     # Validation objective for early stopping: proba of the val rows -> score, higher is better.
     objective: Callable[[np.ndarray], float] | None = None
-    precision: str = "fp32"  # fp32, bf16 (autocast, CPU or GPU) or fp16 (GPU, with a gradient scaler)
-    # Channels-last memory format for image models: "auto" (on for CUDA and for bf16), "on", "off".
-    channels_last: str = "auto"
+    precision: str = PRECISION.default  # see `noharm.settings.PRECISION`
+    channels_last: str = CHANNELS_LAST.default  # see `noharm.settings.CHANNELS_LAST`
     # perf_counter() when the trial started, to measure the time to the first training step.
     started_at: float | None = None
     log: Callable[[str], None] = lambda msg: None

@@ -3,7 +3,8 @@
 Pure functions of per-group validation metrics (no torch, no predictions):
 `select(expert, erm, sizes, strategy)` returns which groups use their expert.
 
-Strategies (registry `STRATEGIES`, name -> function):
+Strategies (registry `STRATEGIES`, name -> function; `methods.selection_batch` holds, beside it, their
+forms over many problems at once, for the stress repeats):
 
 - `erm`, `experts`: trivial choices, for ablation.
 - `greedy`: a group takes its expert only when the expert is strictly better.
@@ -32,9 +33,11 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from noharm.settings import SELECTION_METRIC
+
 # Objective values closer than this are ties (metrics live in [0, 1]).
 TOL = 1e-9
-# metric -> how groups are weighted in the utility.
+# metric (a `SELECTION_METRIC` choice) -> how groups are weighted in the utility.
 UTILITY_WEIGHTING = {"accuracy": "size", "auc": "mean"}
 
 
@@ -118,7 +121,7 @@ def register_strategy(name: str) -> Callable[[Strategy], Strategy]:
 
 
 def select(expert: Sequence[float], erm: Sequence[float], sizes: Sequence[float], strategy: str,
-           metric: str = "accuracy") -> SelectionResult:
+           metric: str = SELECTION_METRIC.default) -> SelectionResult:
     """Choose, per group, the expert or pooled ERM from validation metrics.
 
     `expert[a]` and `erm[a]` are group a's validation metric under its expert
@@ -140,8 +143,7 @@ def select(expert: Sequence[float], erm: Sequence[float], sizes: Sequence[float]
 
 def make_problem(expert: Sequence[float], erm: Sequence[float], sizes: Sequence[float], metric: str) -> SelectionProblem:
     """Check the inputs (one clear ValueError per problem) and pack them as float arrays."""
-    if metric not in UTILITY_WEIGHTING:
-        raise ValueError(f"unknown selection metric {metric!r}; choose one of: {', '.join(UTILITY_WEIGHTING)}")
+    SELECTION_METRIC.check(metric)
     arrays = {}
     for name, seq in (("expert", expert), ("erm", erm), ("sizes", sizes)):
         try:
@@ -336,7 +338,8 @@ def sign_test_p_value(b, c) -> np.ndarray:
     return binom.sf(b - 1, b + c, 0.5)
 
 
-def _check_delta(delta: float) -> float:
+def check_delta(delta: float) -> float:
+    """`delta` as a float when it is a valid level of `safe` (in (0, 0.5)); else a ValueError."""
     delta = float(delta)
     if not 0.0 < delta < 0.5:
         raise ValueError(f"safe selection level delta must be in (0, 0.5), got {delta}")
@@ -353,7 +356,7 @@ def safe_evidence(expert_correct, erm_correct, groups, n_groups: int, delta: flo
     `test="bootstrap"` is a paired percentile bootstrap (`n_boot` resamples of
     the per-sample differences, seeded by `seed`; approximately level delta).
     """
-    delta = _check_delta(delta)
+    delta = check_delta(delta)
     if test not in SAFE_TESTS:
         raise ValueError(f"unknown safe test {test!r}; choose one of: {', '.join(SAFE_TESTS)}")
     e = np.asarray(expert_correct)
@@ -379,7 +382,7 @@ def evidence_from_counts(n, b, c, delta: float = SAFE_DELTA, test: str = "sign",
     """`SafeEvidence` from per-group counts: n samples, b expert-only right, c ERM-only right."""
     from scipy.stats import beta
 
-    delta = _check_delta(delta)
+    delta = check_delta(delta)
     n, b, c = (np.asarray(v, dtype=np.int64) for v in (n, b, c))
     p = sign_test_p_value(b, c)
     d = b + c

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from noharm.analysis.record import selected
 from noharm.bench.commands.common import check_device, check_out_folder, non_negative_int, parse_options
+from noharm.settings import CHANNELS_LAST, PRECISION, SELECTION_METRIC
 
 
 def add_parser(sub) -> None:
@@ -22,15 +23,13 @@ def add_parser(sub) -> None:
     p.add_argument("--target", help="dataset target (default: the dataset's own)")
     p.add_argument("--data-root", help="folder holding a real dataset's official files")
     p.add_argument("--objective", default="acc", help="validation metric for the best epoch (e.g. acc, val/worst_group_auc)")
-    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
+    PRECISION.add_argument(p)
     p.add_argument("--selectors", default="greedy,ip-gap,ip-utility",
                    help="no-harm selectors composed with pooled ERM for non-ERM methods (comma-separated, or 'none')")
-    p.add_argument("--selection-metric", default="accuracy", choices=("accuracy", "auc"),
-                   help="validation metric the selectors compare per group")
+    SELECTION_METRIC.add_argument(p)
     p.add_argument("--erm", metavar="PATH", help="an ERM run folder (same dataset, attribute, seed) to compose with, "
                                                   "instead of training ERM in this trial")
-    p.add_argument("--channels-last", default="auto", choices=("auto", "on", "off"),
-                   help="memory format of image models (auto: on for CUDA and bf16)")
+    CHANNELS_LAST.add_argument(p)
     p.add_argument("--train-predictions", action="store_true",
                    help="also score and store the training split (default: validation and test only)")
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1")

@@ -79,7 +79,7 @@ def repeats_per_second(data, spec: dict, severity: float, selector: str, repeats
 
 
 def ip_times(sizes: list[int], reps: int) -> list[str]:
-    from noharm.bench.stress.selection import MAX_ENUMERATE_GROUPS, enumerate_ip
+    from noharm.methods.selection_batch import MAX_ENUMERATE_GROUPS, enumerate_ip
     from noharm.methods.selection import select
 
     rows = ["| groups | ip-gap, PuLP/CBC (s) | ip-utility, PuLP/CBC (s) | enumeration, per problem (ms) |",

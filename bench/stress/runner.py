@@ -11,8 +11,8 @@ and every statistic (per-group accuracies, the discordant pairs of `safe`,
 blind routing) is a sum of cells. Selection (`bench.stress.selection`) and
 scoring then cost a few [R, G] operations per selector.
 
-Selectors: `erm`, `experts`, `greedy`, `ip-gap`, `ip-utility`, `safe`, and
-`blind` / `blind:<strategy>`: the strategy's per-group choice (greedy for
+Selectors: every registered selection strategy (`erm`, `experts`, `greedy`,
+`ip-gap`, `ip-utility`, `safe`, and plugins'), and `blind` / `blind:<strategy>`: the strategy's per-group choice (greedy for
 plain `blind`), applied on test by each sample's *predicted* group, which
 needs routing data (a predicted group and the predicted group's expert score
 per sample).
@@ -41,7 +41,7 @@ from noharm.analysis.metrics import accuracy_by_group
 from noharm.bench.compose import ERM_SOURCE, align, choose_candidate, group_ids_to_names, raw_proba
 from noharm.bench.errors import ConfigError
 from noharm.bench.stress.scenarios import BLOCK, Scenario, ScenarioSkipped, SplitView, Weights, block_rng
-from noharm.bench.stress.selection import CHOOSERS, MAX_ENUMERATE_GROUPS, ValStats, choose
+from noharm.bench.stress.selection import MAX_ENUMERATE_GROUPS, ValStats, choose, choosers
 from noharm.methods.selection import SAFE_DELTA
 
 BLIND = "blind"
@@ -156,8 +156,8 @@ def base_of(selector: str, where: str = "stress settings") -> tuple[str, bool]:
     """(choosing strategy, whether it is applied blind) of a selector name."""
     blind = selector == BLIND or selector.startswith(f"{BLIND}:")
     base = "greedy" if selector == BLIND else selector.split(":", 1)[1] if blind else selector
-    if base not in CHOOSERS:
-        raise ConfigError(f"{where}: unknown selector {selector!r}; choose from: {', '.join(CHOOSERS)}, {BLIND}, "
+    if base not in choosers():
+        raise ConfigError(f"{where}: unknown selector {selector!r}; choose from: {', '.join(choosers())}, {BLIND}, "
                           f"or {BLIND}:<strategy>")
     return base, blind
 

@@ -35,6 +35,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from noharm.bench.errors import ConfigError
+from noharm.settings import PRECISION, SELECTION_METRIC
 
 ALL = "all"
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
@@ -88,8 +89,7 @@ class SearchSettings(Strict):
 
 
 class SelectionSettings(Strict):
-    # What the selectors compare per group on validation.
-    metric: Literal["accuracy", "auc"] = "accuracy"
+    metric: SELECTION_METRIC.literal = Field(SELECTION_METRIC.default, description=SELECTION_METRIC.help)
     # experts: compose methods that expose per-group experts; all: also wrap every other
     # method's primary candidate against ERM.
     wrap: Literal["experts", "all"] = "experts"
@@ -117,7 +117,7 @@ class Suite(Strict):
     resources: Resources = Field(default_factory=Resources)
     max_concurrent: int | None = Field(None, ge=1)
     retries: int = Field(1, ge=0)
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    precision: PRECISION.literal = Field(PRECISION.default, description=PRECISION.help)
     min_group_size: int = Field(10, ge=1)
     # Also store every trial's training-split predictions (default: validation and test only).
     train_predictions: bool = False
