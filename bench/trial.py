@@ -28,7 +28,8 @@ from noharm.analysis.metrics import evaluate
 from noharm.analysis.record import CONFIG_ARTIFACT, MODEL_ARTIFACT, PREDICTIONS_ARTIFACT
 from noharm.bench.errors import ConfigError
 from noharm.bench.objectives import canonical, make_objective
-from noharm.datasets import Grouping, get_dataset
+from noharm.bench.task import load_task
+from noharm.datasets import get_dataset
 from noharm.methods import FitContext, TaskData, get_method
 from noharm.methods.batches import eval_batch_size
 from noharm.settings import CHANNELS_LAST, PRECISION, SELECTION_METRIC
@@ -173,17 +174,8 @@ def run_trial(
     dataset = get_dataset(cfg.dataset, **cfg.dataset_options)
     method_cls = get_method(cfg.method)
     method = method_cls(cfg.hparams)
-    t_load = time.perf_counter()
-    bundle = dataset.load(cfg.seed)
-    load_seconds = time.perf_counter() - t_load
-    grouping = Grouping.from_table(bundle.table, cfg.attribute, bundle.attributes, cfg.min_group_size)
-
-    task = TaskData(
-        x=bundle.x, y=bundle.table["y"].to_numpy(np.int64), group=grouping.ids,
-        split=bundle.table["split"].to_numpy(str), n_groups=grouping.n_groups,
-        group_names=grouping.names, num_classes=bundle.num_classes, kind=bundle.kind,
-        mean=bundle.mean, std=bundle.std, augment=bundle.augment,
-    )
+    loaded = load_task(dataset, cfg.attribute, cfg.seed, cfg.min_group_size)
+    task, bundle, grouping, load_seconds = loaded.task, loaded.bundle, loaded.grouping, loaded.load_seconds
     val_idx = task.indices("val")
     objective = make_objective(cfg.objective, task.y[val_idx], task.group[val_idx], list(grouping.names))
     # One inference batch for every scoring pass of this trial, sized to the input and the memory.

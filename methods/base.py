@@ -78,6 +78,11 @@ class Predictor(ABC):
         """float [len(indices), D]: the shared representation of the rows, for diagnostics; None without one."""
         return None
 
+    def predict_group_proba(self, task: TaskData, indices: np.ndarray) -> np.ndarray | None:
+        """float [len(indices), G]: the group of each row predicted from its inputs alone (never the true
+        group), for group-blind routing; None when the model has no group discriminator."""
+        return None
+
     # Filled in by the training loop: epochs run, best epoch, samples seen.
     stats: dict[str, float] = {}
 
@@ -98,6 +103,9 @@ class Method(ABC):
     # rows); no built-in method needs them: DFR and group-threshold fit on validation, selection and
     # stress read validation and test.
     needs_train_predictions: ClassVar[bool] = False
+    # Whether the predictor's `predict_group_proba` gives a group from the inputs (a trained discriminator):
+    # group-blind routing then uses it instead of a group classifier fitted afterwards.
+    group_discriminator: ClassVar[bool] = False
 
     def __init__(self, overrides: Mapping[str, Any] | None = None):
         self.hp = resolve(self.hparams, overrides, owner=self.name)
@@ -105,6 +113,16 @@ class Method(ABC):
     @abstractmethod
     def fit(self, task: TaskData, ctx: FitContext) -> Predictor:
         """Train on task's train rows (val as the method needs) and return a predictor."""
+
+    def restore(self, task: TaskData, state: Mapping[str, torch.Tensor], ctx: FitContext) -> Predictor:
+        """The predictor `fit` returned, rebuilt without training from its `state_dict()` (the run's model.pt).
+
+        `task` is the task the model was trained on, rebuilt the same way. A method whose predictor keeps
+        state outside `state_dict()` cannot be restored; gradient-trained methods get this from
+        `TorchMethod`, and a method with its own predictor overrides it.
+        """
+        raise NotImplementedError(f"method {self.name!r} cannot restore a model from saved weights "
+                                  "(it does not implement Method.restore)")
 
     @classmethod
     def summary(cls) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import replace
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
@@ -113,6 +113,18 @@ class GroupModels(TorchMethod):
         secs = stats["train_seconds"]
         stats["train_samples_per_second"] = stats["train_samples"] / secs if secs > 0 else math.nan
         return GroupModelsPredictor(self, models, ctx, stats)
+
+    def restore(self, task: TaskData, state: Mapping[str, torch.Tensor], ctx: FitContext) -> Predictor:
+        """Each group's model from its `group{g}.` weights: a constant `PriorModel` when that is all they hold."""
+        models: list[nn.Module] = []
+        for g in range(task.n_groups):
+            prefix = f"group{g}."
+            sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+            model = PriorModel(np.zeros(0, np.int64), task.num_classes) if set(sub) == {"log_prior"} \
+                else self.build_model(task)
+            model.load_state_dict(sub, strict=True)
+            models.append(model.to(ctx.device).eval())
+        return GroupModelsPredictor(self, models, ctx, {})
 
     def _group_context(self, ctx: FitContext, sub: TaskData, name: str) -> FitContext:
         """The trial's context with this group's own validation objective and group-tagged logs."""

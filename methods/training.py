@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from contextlib import nullcontext
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
@@ -111,6 +111,14 @@ class TorchMethod(Method):
     def fit(self, task: TaskData, ctx: FitContext) -> Predictor:
         return train(self, task, ctx)
 
+    def restore(self, task: TaskData, state: Mapping[str, torch.Tensor], ctx: FitContext) -> Predictor:
+        """The model of `build_model` with the saved weights (strict: every key, no extra), in eval mode."""
+        self.setup(task, ctx)
+        model = self.build_model(task).to(ctx.device)
+        model.load_state_dict(state, strict=True)
+        model.eval()
+        return TorchPredictor(self, model, BatchSource(task, ctx.device), ctx)
+
 
 class TorchPredictor(Predictor):
     def __init__(self, method: TorchMethod, model: nn.Module, source: BatchSource, ctx: FitContext):
@@ -150,6 +158,13 @@ class TorchPredictor(Predictor):
             return {c: v.copy() for c, v in m_scores.items()}
         return None
 
+    def batches(self, task: TaskData) -> BatchSource:
+        """The batch source of `task`'s inputs: another task (e.g. corrupted test images for a stress test)
+        gets its own, so its inputs are scored, not the training ones."""
+        if task is not self.source.task:
+            self.source = BatchSource(task, self.ctx.device, channels_last=self.source.channels_last)
+        return self.source
+
     @torch.inference_mode()
     def predict_proba(self, task: TaskData, indices: np.ndarray) -> dict[str, np.ndarray]:
         indices = np.asarray(indices)
@@ -157,13 +172,11 @@ class TorchPredictor(Predictor):
         if known is not None:
             return known
         self.model.eval()
-        if task is not self.source.task:
-            # Another task (e.g. corrupted test images for a stress test): score its inputs, not the training ones.
-            self.source = BatchSource(task, self.ctx.device, channels_last=self.source.channels_last)
+        source = self.batches(task)
         c_dim = task.num_classes
         out = {c: np.empty((len(indices), c_dim), np.float32) for c in self.candidates}
         done = 0
-        for batch in self.source.iterate(indices, self.eval_batch):
+        for batch in source.iterate(indices, self.eval_batch):
             with autocast(self.ctx):
                 logits = self.method.infer(self.model, batch)
             n = len(batch.index)

@@ -28,7 +28,7 @@ FORBIDDEN = [
     ("noharm.bench.sweep", ["noharm.bench.stress", "noharm.bench.commands", "noharm.bench.cli"]),
     ("noharm.bench.stress", ["noharm.bench.sweep", "noharm.bench.commands", "noharm.bench.cli"]),
 ]
-CORE = ["noharm.bench.trial", "noharm.bench.compose", "noharm.bench.tracking", "noharm.bench.objectives",
+CORE = ["noharm.bench.trial", "noharm.bench.task", "noharm.bench.compose", "noharm.bench.tracking", "noharm.bench.objectives",
         "noharm.bench.errors", "noharm.bench.console"]
 
 

@@ -1,12 +1,15 @@
 """Re-scoring stored models for the stress tests: corrupted test images and group-blind routing.
 
 A finished run folder holds `config.json`, `predictions.parquet` and
-`model.pt`. `RunModel` rebuilds the run's task (dataset, attribute, seed) and
-its predictor from the saved weights, without training. `PairRescorer` does
-the two things the prediction-level scenarios cannot:
+`model.pt`. The run's task (dataset, attribute, seed) is rebuilt by
+`bench.task.load_run_task`, the same builder `run_trial` uses, and `RunModel`
+has the run's method restore its predictor from the saved weights
+(`Method.restore`), without training. `PairRescorer` does the two things the
+prediction-level scenarios cannot:
 
-- routing: each validation and test sample's *predicted* group (FairSDE's
-  discriminator, or a logistic-regression group classifier on the inputs),
+- routing: each validation and test sample's *predicted* group (the method's
+  own discriminator when it declares one, `Method.group_discriminator`, as
+  FairSDE does; else a logistic-regression group classifier on the inputs),
   and the score of the predicted group's expert (the expert candidate
   re-scored with the predicted group in place of the true one);
 - corruption: the method's and ERM's test scores on corrupted test images.
@@ -31,6 +34,7 @@ import torch
 
 from noharm.analysis.record import CONFIG_ARTIFACT, MODEL_ARTIFACT, PREDICTIONS_ARTIFACT
 from noharm.bench.errors import ConfigError
+from noharm.bench.task import load_run_task
 
 CACHE_VERSION = 1
 ROUTERS = ("auto", "discriminator", "inputs")
@@ -69,25 +73,8 @@ class RunFolder:
                 "seed": c.get("seed")}
 
 
-def build_task(config: dict[str, Any]):
-    """(TaskData, sample ids [N]) of a run's dataset, attribute and seed, as `run_trial` builds them."""
-    from noharm.datasets import Grouping, get_dataset
-    from noharm.methods import TaskData
-
-    dataset = get_dataset(config["dataset"], **(config.get("dataset_options") or {}))
-    bundle = dataset.load(int(config.get("seed", 0)))
-    grouping = Grouping.from_table(bundle.table, config["attribute"], bundle.attributes,
-                                   int(config.get("min_group_size", 10)))
-    task = TaskData(
-        x=bundle.x, y=bundle.table["y"].to_numpy(np.int64), group=grouping.ids,
-        split=bundle.table["split"].to_numpy(str), n_groups=grouping.n_groups, group_names=grouping.names,
-        num_classes=bundle.num_classes, kind=bundle.kind, mean=bundle.mean, std=bundle.std, augment=None,
-    )
-    return task, bundle.table["sample_id"].to_numpy().astype(str)
-
-
 class RunModel:
-    """A run's predictor restored from `model.pt` (gradient-trained methods, including group models)."""
+    """A run's predictor restored from `model.pt` by its method (`Method.restore`), without training."""
 
     def __init__(self, run: RunFolder, task, device: torch.device):
         from noharm.datasets import UnknownNameError
@@ -105,57 +92,23 @@ class RunModel:
         state = torch.load(run.weights, map_location=device, weights_only=True)
         self.name = cfg["method"]
         try:
-            self._restore(task, state)
+            self.predictor = self.method.restore(task, state, self.ctx)
+        except NotImplementedError as err:
+            raise ConfigError(f"{err}; re-scoring needs a method that restores its model") from None
         except (RuntimeError, KeyError) as err:
             raise ConfigError(f"cannot restore method {self.name!r} from {str(run.weights)!r}: "
                               f"{str(err).splitlines()[0]}") from None
 
-    def _restore(self, task, state: dict[str, torch.Tensor]) -> None:
-        from noharm.methods.group_models import GroupModels, PriorModel
-        from noharm.methods.training import TorchMethod
-
-        if isinstance(self.method, GroupModels):
-            self.models = []
-            for g in range(task.n_groups):
-                prefix = f"group{g}."
-                sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-                model = PriorModel(np.zeros(0, np.int64), task.num_classes) if set(sub) == {"log_prior"} \
-                    else self.method.build_model(task)
-                model.load_state_dict(sub, strict=True)
-                self.models.append(model.to(self.ctx.device).eval())
-        elif isinstance(self.method, TorchMethod):
-            self.method.setup(task, self.ctx)
-            self.model = self.method.build_model(task).to(self.ctx.device)
-            self.model.load_state_dict(state, strict=True)
-            self.model.eval()
-        else:
-            raise ConfigError(f"method {self.name!r} is not gradient-trained; re-scoring supports TorchMethod runs")
-
-    def predictor(self, task):
-        """A predictor scoring `task` (its own batch source, so any task with the same shapes works)."""
-        from noharm.methods.batches import BatchSource
-        from noharm.methods.fairsde import FairSDE, FairSDEPredictor
-        from noharm.methods.group_models import GroupModelsPredictor
-        from noharm.methods.training import TorchPredictor
-
-        if hasattr(self, "models"):
-            return GroupModelsPredictor(self.method, self.models, self.ctx, {})
-        cls = FairSDEPredictor if isinstance(self.method, FairSDE) else TorchPredictor
-        return cls(self.method, self.model, BatchSource(task, self.ctx.device), self.ctx)
-
     def scores(self, task, candidate: str) -> np.ndarray:
-        """[N, C] probabilities of `candidate` on every row of `task`."""
-        out = self.predictor(task).predict_proba(task, np.arange(len(task.y)))
+        """[N, C] probabilities of `candidate` on every row of `task` (any task with the run's shapes)."""
+        out = self.predictor.predict_proba(task, np.arange(len(task.y)))
         if candidate not in out:
             raise ConfigError(f"method {self.name!r} has no candidate {candidate!r}; it scores {', '.join(out)}")
         return out[candidate]
 
     def group_proba(self, task) -> np.ndarray | None:
         """[N, G] group probabilities of the method's own discriminator, or None when it has none."""
-        pred = self.predictor(task)
-        if not hasattr(pred, "predict_group_proba"):
-            return None
-        return pred.predict_group_proba(task, np.arange(len(task.y)))
+        return self.predictor.predict_group_proba(task, np.arange(len(task.y)))
 
 
 def subtask(task, rows: np.ndarray, x: np.ndarray | None = None, group: np.ndarray | None = None):
@@ -217,7 +170,8 @@ class PairRescorer:
     # -- lazily built pieces (a fully cached rerun builds none of them) --
     def task(self):
         if self._task is None:
-            self._task, self._ids = build_task(self.method_run.config)
+            loaded = load_run_task(self.method_run.config)
+            self._task, self._ids = loaded.task, loaded.sample_ids
             names = tuple(self.method_run.config.get("group_names") or self._task.group_names)
             if tuple(self._task.group_names) != names:
                 raise ConfigError(f"the rebuilt task has groups {self._task.group_names}, the run {names}: "
@@ -268,9 +222,8 @@ class PairRescorer:
         if self.router_name != "auto":
             return self.router_name
         from noharm.methods import get_method
-        from noharm.methods.fairsde import FairSDE
 
-        return "discriminator" if issubclass(get_method(self.method_run.config["method"]), FairSDE) else "inputs"
+        return "discriminator" if get_method(self.method_run.config["method"]).group_discriminator else "inputs"
 
     def predicted_groups(self, sub) -> np.ndarray:
         """The router's group for every row of `sub`."""

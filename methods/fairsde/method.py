@@ -17,6 +17,7 @@ parameter [G, C, D], so the forward pass has no loop over groups. Trained on
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Mapping
 
 import numpy as np
 import torch
@@ -85,7 +86,7 @@ class FairSDEPredictor(TorchPredictor):
         """float [len(indices), G]: softmax of the discriminator d(f(x)) (the true group is not used)."""
         self.model.eval()
         parts = []
-        for batch in self.source.iterate(np.asarray(indices), self.ctx.eval_batch_size):
+        for batch in self.batches(task).iterate(np.asarray(indices), self.ctx.eval_batch_size):
             with autocast(self.ctx):
                 group_logits = self.model.outputs(batch.x).group_logits
             parts.append(torch.softmax(group_logits.float(), dim=1).cpu().numpy())
@@ -131,6 +132,7 @@ class FairSDE(Provenance, TorchMethod):
     )
     candidates = ("experts", "centers", "routed")
     expert_candidate = "experts"
+    group_discriminator = True  # d(f(x)), trained in every variant (on detached features when lambda_disc = 0)
     # Ablation variants name the loss weight they hold at 0.
     ablated: str | None = None
 
@@ -195,6 +197,9 @@ class FairSDE(Provenance, TorchMethod):
 
     def fit(self, task: TaskData, ctx: FitContext) -> Predictor:
         return FairSDEPredictor.wrap(train(self, task, ctx))
+
+    def restore(self, task: TaskData, state: Mapping[str, torch.Tensor], ctx: FitContext) -> Predictor:
+        return FairSDEPredictor.wrap(super().restore(task, state, ctx))
 
 
 def _ablation(term: str, base: type = FairSDE) -> dict:

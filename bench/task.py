@@ -1,0 +1,56 @@
+"""A trial's task: one dataset loaded for one seed and grouped by one attribute, as methods see it.
+
+`run_trial` builds the task it trains on here, and the stress tests rebuild a stored run's task here, so a
+restored model always scores exactly the rows, labels and groups it was trained and scored on.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from noharm.datasets import DataBundle, Grouping, GroupDataset, get_dataset
+from noharm.methods import TaskData
+
+
+@dataclass
+class LoadedTask:
+    """The TaskData a method gets, with the bundle and grouping it came from (ids, counts, what was dropped)."""
+
+    task: TaskData
+    bundle: DataBundle
+    grouping: Grouping
+    load_seconds: float  # reading the data (decoding the images when the cache is cold)
+
+    @property
+    def sample_ids(self) -> np.ndarray:
+        """str [N]: the dataset's sample id of every task row."""
+        return self.bundle.table["sample_id"].to_numpy().astype(str)
+
+
+def load_task(dataset: GroupDataset, attribute: str, seed: int, min_group_size: int = 10) -> LoadedTask:
+    """Load `dataset` for `seed` and group its rows by `attribute` ("sex", or "sex+race" for intersections).
+
+    Takes the dataset object, not its name, so a caller checks every option (dataset, method, hparams)
+    before the load, which may take minutes.
+    """
+    t_load = time.perf_counter()
+    bundle = dataset.load(seed)
+    load_seconds = time.perf_counter() - t_load
+    grouping = Grouping.from_table(bundle.table, attribute, bundle.attributes, min_group_size)
+    task = TaskData(
+        x=bundle.x, y=bundle.table["y"].to_numpy(np.int64), group=grouping.ids,
+        split=bundle.table["split"].to_numpy(str), n_groups=grouping.n_groups,
+        group_names=grouping.names, num_classes=bundle.num_classes, kind=bundle.kind,
+        mean=bundle.mean, std=bundle.std, augment=bundle.augment,
+    )
+    return LoadedTask(task=task, bundle=bundle, grouping=grouping, load_seconds=load_seconds)
+
+
+def load_run_task(config: dict[str, Any]) -> LoadedTask:
+    """The task of a stored run, from its `config.json` (a `TrialConfig` as a dict)."""
+    dataset = get_dataset(config["dataset"], **(config.get("dataset_options") or {}))
+    return load_task(dataset, config["attribute"], int(config.get("seed", 0)), int(config.get("min_group_size", 10)))
