@@ -1,6 +1,7 @@
 """One trial end to end: the spine's contract."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -59,22 +60,56 @@ def test_same_seed_same_numbers():
     assert np.array_equal(P.proba(a.predictions, "model"), P.proba(b.predictions, "model"))
 
 
+class Relabelled:
+    """A registered dataset whose labels of one split are flipped (binary: y -> 1 - y); the inputs are unchanged."""
+
+    def __init__(self, inner, split: str):
+        self.inner, self.split = inner, split
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def load(self, seed: int):
+        bundle = self.inner.load(seed)
+        table = bundle.table.copy()
+        rows = table["split"] == self.split
+        table.loc[rows, "y"] = 1 - table.loc[rows, "y"]
+        return replace(bundle, table=table)
+
+
 def test_best_epoch_is_chosen_on_validation_only(monkeypatch):
-    """The test split never reaches the objective: its rows are not scored before the end."""
-    seen = []
+    """Flipping every test label changes no epoch's validation score and not the chosen epoch; flipping the
+    validation labels turns the best epoch into the worst one (the training itself never sees either)."""
     from noharm.bench import trial as trial_module
 
-    original = trial_module.make_objective
+    original = trial_module.get_dataset
 
-    def spy(name, y, groups, names):
-        seen.append(len(y))
-        return original(name, y, groups, names)
+    def run(flipped: str | None):
+        if flipped:
+            monkeypatch.setattr(trial_module, "get_dataset", lambda name, **o: Relabelled(original(name, **o), flipped))
+        curve: list[float] = []
+        res = run_trial(TrialConfig(dataset="adult", attribute="sex", method="erm",
+                                    hparams={"epochs": 4, "batch_size": 1024, "hidden": 32}),
+                        device="cpu", on_epoch=lambda epoch, logs: curve.append(logs["val/objective"]))
+        monkeypatch.setattr(trial_module, "get_dataset", original)
+        return res, curve
 
-    monkeypatch.setattr(trial_module, "make_objective", spy)
-    res = run_trial(TrialConfig(dataset="digits-shift", attribute="style", method="erm",
-                                hparams={"epochs": 1, "backbone": "cnn"}, dataset_options={"image_size": 16}), device="cpu")
-    n_val = int((res.predictions["split"] == "val").sum())
-    assert seen == [n_val]
+    base, curve = run(None)
+    assert len(set(curve)) == len(curve) == 4  # distinct scores: the choice is not a tie
+    best = int(np.argmax(curve)) + 1
+    assert base.cost["best_epoch"] == best and base.cost["epochs_run"] == 4
+
+    test_flipped, test_curve = run("test")
+    assert test_curve == curve and test_flipped.cost["best_epoch"] == best
+    assert np.array_equal(P.proba(test_flipped.predictions, "model"), P.proba(base.predictions, "model"))
+    # The flip did reach the test rows: test accuracy is now one minus the original.
+    assert test_flipped.metrics["test/model/acc"] == pytest.approx(1 - base.metrics["test/model/acc"])
+    assert test_flipped.metrics["val/model/acc"] == base.metrics["val/model/acc"]
+
+    val_flipped, val_curve = run("val")
+    assert val_curve == pytest.approx([1 - v for v in curve])  # the same epochs' models, scored on the new labels
+    worst = int(np.argmin(curve)) + 1
+    assert worst != best and val_flipped.cost["best_epoch"] == worst
 
 
 def test_save_is_all_or_nothing(adult_result, tmp_path, monkeypatch):
