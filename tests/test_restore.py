@@ -57,6 +57,23 @@ def test_every_built_in_method_restores_its_predictions(name):
         assert restored.predict_group_proba(task, test) is None
 
 
+def test_group_models_restore_a_one_class_group_as_its_prior():
+    """A group whose training rows hold one class gets a constant model; restoring brings back that model too."""
+    from noharm.methods.group_models import PriorModel
+
+    task = make_task("tabular", n=300, seed=1)
+    one_class = (task.group == 1) & (task.split == "train")
+    task.y[one_class] = 0
+    ctx = FitContext(seed=0)
+    fitted = get_method("group-models")(TINY).fit(task, ctx)
+    restored = get_method("group-models")(TINY).restore(task, saved_and_loaded(fitted.state_dict()), ctx)
+    assert [type(m) for m in restored.models] == [type(m) for m in fitted.models]
+    assert isinstance(restored.models[1], PriorModel) and not isinstance(restored.models[0], PriorModel)
+    test = task.indices("test")
+    np.testing.assert_allclose(restored.predict_proba(task, test)["experts"],
+                               fitted.predict_proba(task, test)["experts"], atol=1e-6)
+
+
 # -- a method bench/ has never heard of: nearest class centroids, with nearest group centroids as its discriminator --
 
 def centroid_inputs(x: np.ndarray) -> torch.Tensor:
