@@ -31,10 +31,20 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
+from noharm.analysis import predictions as P
 from noharm.analysis.record import CONFIG_ARTIFACT, MODEL_ARTIFACT, PREDICTIONS_ARTIFACT
 from noharm.bench.errors import ConfigError
+from noharm.bench.stress.corruptions import corrupt
 from noharm.bench.task import load_run_task
+from noharm.bench.trial import resolve_device
+from noharm.datasets import UnknownNameError
+from noharm.datasets.image_cache import default_cache_dir
+from noharm.methods import FitContext, get_method
+from noharm.methods.hparams import HparamError
 
 CACHE_VERSION = 1
 ROUTERS = ("auto", "discriminator", "inputs")
@@ -77,10 +87,6 @@ class RunModel:
     """A run's predictor restored from `model.pt` by its method (`Method.restore`), without training."""
 
     def __init__(self, run: RunFolder, task, device: torch.device):
-        from noharm.datasets import UnknownNameError
-        from noharm.methods import FitContext, get_method
-        from noharm.methods.hparams import HparamError
-
         if not run.weights.is_file():
             raise ConfigError(f"{str(run.path)!r} has no model.pt; re-scoring needs the run's saved weights")
         cfg = run.config
@@ -133,10 +139,6 @@ class InputRouter:
     """Logistic regression from a sample's inputs to its group, fitted on the training rows."""
 
     def __init__(self, task, seed: int = 0):
-        from sklearn.linear_model import LogisticRegression
-        from sklearn.pipeline import make_pipeline
-        from sklearn.preprocessing import StandardScaler
-
         rows = task.indices("train")
         self.kind = task.kind
         self.model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000, random_state=seed))
@@ -153,16 +155,12 @@ class PairRescorer:
     def __init__(self, method_run: RunFolder, erm_run: RunFolder, candidate: str, router: str = "auto",
                  device: str = "auto", cache_dir: str | os.PathLike | None = None, seed: int = 0,
                  log: Callable[[str], None] = lambda msg: None):
-        from noharm.bench.trial import resolve_device
-
         if router not in ROUTERS:
             raise ConfigError(f"unknown router {router!r}; choose one of: {', '.join(ROUTERS)}")
         self.method_run, self.erm_run = method_run, erm_run
         self.candidate, self.router_name, self.seed, self.log = candidate, router, int(seed), log
         self.device = resolve_device(device)
         if cache_dir is None:
-            from noharm.datasets.image_cache import default_cache_dir
-
             cache_dir = default_cache_dir()
         self.cache_dir = Path(cache_dir) / "stress"
         self._task = self._ids = self._method = self._erm = self._router = None
@@ -204,8 +202,6 @@ class PairRescorer:
         A method that keeps state outside model.pt (thresholds, a second stage)
         would re-score wrongly without error; comparing a few stored rows catches it.
         """
-        from noharm.analysis import predictions as P
-
         model = RunModel(run, self.task(), self.device)
         preds = run.predictions
         rows = preds[preds["split"] == "val"].head(VERIFY_ROWS)
@@ -221,8 +217,6 @@ class PairRescorer:
     def resolved_router(self) -> str:
         if self.router_name != "auto":
             return self.router_name
-        from noharm.methods import get_method
-
         return "discriminator" if get_method(self.method_run.config["method"]).group_discriminator else "inputs"
 
     def predicted_groups(self, sub) -> np.ndarray:
@@ -251,8 +245,6 @@ class PairRescorer:
                             lambda: self._score(sample_ids, corruption, int(severity)), keys)
 
     def _score(self, sample_ids, corruption: str | None, severity: int, routing_only: bool = False) -> dict:
-        from noharm.bench.stress.corruptions import corrupt
-
         task = self.task()
         rows = self.rows(sample_ids)
         x = task.x[rows]

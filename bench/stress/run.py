@@ -15,23 +15,34 @@ Pieces: `bench.stress.scenarios` (the shifts), `bench.stress.selection`
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
-from dataclasses import dataclass, field
+import tempfile
+from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Sequence, Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
+import yaml
 
 from noharm.analysis.record import (
-    BLIND_ARTIFACT, BLIND_COLUMNS, BLIND_SCENARIO, CONFIG_ARTIFACT, EVALUATE, MODEL_ARTIFACT, PREDICTIONS_ARTIFACT, STRESS,
-    STRESS_ARTIFACT, TAG, tag,
+    BLIND_ARTIFACT, BLIND_COLUMNS, BLIND_SCENARIO, CONFIG_ARTIFACT, EVALUATE, MODEL_ARTIFACT, PREDICTIONS_ARTIFACT,
+    STRESS, STRESS_ARTIFACT, TAG, tag,
 )
+from noharm.bench import tracking
+from noharm.bench.compose import choose_candidate
 from noharm.bench.errors import ConfigError
 from noharm.bench.stress.rescore import ROUTERS, PairRescorer, RunFolder
-from noharm.bench.stress.runner import COLUMNS, SplitData, StressData, StressSettings, base_of, run_scenarios
+from noharm.bench.stress.runner import (
+    COLUMNS, SplitData, StressData, StressSettings, base_of, run_scenarios, unshifted_choices,
+)
 from noharm.bench.stress.scenarios import Scenario, ScenarioSkipped, make_scenarios
+from noharm.datasets import DATASETS
+from noharm.methods import UnknownNameError, get_method
+from noharm.methods.selection import routing_accuracy
 
 SUITE_KEYS = ("name", "repeats", "seed", "tolerance", "delta", "selectors", "router", "device", "candidate", "scenarios")
 
@@ -57,8 +68,6 @@ class StressSuite:
 def load_stress_suite(path: str | os.PathLike | None = None, repeats: int | None = None,
                tolerance: float | None = None) -> StressSuite:
     """Parse and check a stress suite (default: the packaged one); `repeats` and `tolerance` override the file's."""
-    import yaml
-
     path = Path(path) if path else default_suite_path()
     if not path.is_file():
         raise ConfigError(f"stress suite {str(path)!r} does not exist; give a YAML file (see bench/suites/stress.yaml)")
@@ -135,9 +144,6 @@ class StressOutcome:
 
 def expert_candidate(run: RunFolder, requested: str | None) -> str:
     """The candidate to stress: the requested one, else the method's declared expert candidate, else compose's default."""
-    from noharm.bench.compose import choose_candidate
-    from noharm.methods import UnknownNameError, get_method
-
     if requested is None:
         try:
             requested = get_method(run.config["method"]).expert_candidate
@@ -197,8 +203,6 @@ def routing_arrays(preds: pd.DataFrame, rescorer: PairRescorer) -> tuple[np.ndar
 
 
 def _corruption_rescorer(data: StressData, rescorer: PairRescorer, dataset: str):
-    from noharm.datasets import DATASETS
-
     kind = DATASETS.get(dataset).kind
 
     def rescore(scenario: Scenario, severity: float) -> SplitData:
@@ -225,12 +229,9 @@ def blind_tables(data: StressData, settings: StressSettings) -> tuple[pd.DataFra
     blind composition and of ERM, harm = ERM - blind, harmed), and the
     overall routing accuracy per split.
     """
-    from noharm.methods.selection import routing_accuracy
-
     bases = sorted({base_of(s)[0] for s in settings.selectors if base_of(s)[1]})
     if not bases or not (data.val.has_routing and data.test.has_routing):
         return pd.DataFrame(columns=list(BLIND_COLUMNS)), {}
-    from noharm.bench.stress.runner import unshifted_choices
 
     choices = unshifted_choices(data, [f"blind:{b}" for b in bases], settings)
     rows, overall = [], {}
@@ -292,9 +293,6 @@ def run_stress_for_experiment(experiment: str, tracking_uri: str | None = None, 
     `methods` limits the pass to runs of those methods. `repeats` and `tolerance` override the suite's (e.g. a small pass at the end
     of `make bench`: `run_stress_for_experiment(name, uri, None, repeats=100)`).
     """
-    import tempfile
-
-    from noharm.bench import tracking
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one line per artifact is noise here
     suite = load_stress_suite(suite_path, repeats=repeats, tolerance=tolerance)
@@ -341,10 +339,6 @@ def _wants_blind(suite: StressSuite) -> bool:
 
 def suite_digest(suite: StressSuite) -> str:
     """A short hash of everything in the suite that changes the numbers (part of each stress run's key)."""
-    import hashlib
-    import json
-    from dataclasses import asdict
-
     spec = {"settings": asdict(suite.settings), "router": suite.router, "candidate": suite.candidate,
             "scenarios": [{"kind": s.kind, "name": s.name, "severities": s.severities, "replace": s.replace,
                            "group": s.group, "options": s.options} for s in suite.scenarios]}
@@ -372,8 +366,6 @@ def scenario_metrics(rows: pd.DataFrame) -> tuple[dict[str, float], list[tuple[i
 def log_outcome(tracker, outcome: StressOutcome, suite: StressSuite, run: dict, partner: dict, keys: dict[str, str],
                 done: set, scratch: Path) -> None:
     """Log one stress run per scenario (and one for blind routing) not yet in `done`."""
-    from noharm.bench import tracking
-
     src = run["tags"]
     base_tags = {f"{TAG}stage": STRESS, f"{TAG}stressed_run": run["run_id"],
                  f"{TAG}erm_run": partner["run_id"], f"{TAG}stress_suite": suite.name}
@@ -432,8 +424,6 @@ def _pair_key(run: dict) -> tuple:
 
 def _folder(path: str | os.PathLike, run: dict) -> RunFolder:
     """A downloaded MLflow run as a RunFolder: its config.json, completed from the run's tags and params."""
-    import yaml
-
     path = Path(path)
     tags, params = run["tags"], run.get("params", {})
     config = RunFolder.read(path).config if (path / CONFIG_ARTIFACT).is_file() else {}

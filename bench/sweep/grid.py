@@ -13,8 +13,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from noharm.analysis.record import COMPOSE, EVALUATE, SEARCH
-from noharm.bench.sweep.suite import DatasetEntry, Suite
+from noharm.bench.sweep.suite import DatasetEntry, MethodEntry, Suite
 from noharm.bench.trial import TrialConfig
+from noharm.methods import get_method
+from noharm.methods.hparams import resolve
 
 ERM = "erm"
 
@@ -48,8 +50,6 @@ def cell_id(label: str, attribute: str, method: str) -> str:
 
 def fixed_hparams(suite: Suite, entry: DatasetEntry, method: str) -> dict[str, Any]:
     """Suite-wide < dataset < method overrides, keeping only names the method declares."""
-    from noharm.methods import get_method
-
     declared = get_method(method).hparams
     out = {k: v for k, v in suite.hparams.items() if k in declared}
     out.update({k: v for k, v in entry.hparams.items() if k in declared})
@@ -59,8 +59,6 @@ def fixed_hparams(suite: Suite, entry: DatasetEntry, method: str) -> dict[str, A
 
 def searchable(method: str, fixed: dict[str, Any]) -> list[str]:
     """Names of the method's hparams the search varies (declared searchable and not fixed)."""
-    from noharm.methods import get_method
-
     return [name for name, p in get_method(method).hparams.items() if p.search and name not in fixed]
 
 
@@ -74,8 +72,6 @@ def method_names(suite: Suite) -> list[str]:
 
 def cells(suite: Suite) -> list[Cell]:
     """Every (dataset, attribute, method) of the suite in a stable order."""
-    from noharm.bench.sweep.suite import MethodEntry
-
     if suite.selectors and ERM not in [m.name for m in suite.methods]:
         # ERM is the reference the selectors compare against: run it even when not listed.
         suite = suite.model_copy(update={"methods": [*suite.methods, MethodEntry(name=ERM)]})
@@ -98,9 +94,6 @@ def cells(suite: Suite) -> list[Cell]:
 
 def trial_config(suite: Suite, cell: Cell, hparams: dict[str, Any], seed: int) -> TrialConfig:
     """The trial of `cell` with `hparams` (fixed overrides applied on top) on `seed`, fully resolved."""
-    from noharm.methods import get_method
-    from noharm.methods.hparams import resolve
-
     resolved = resolve(get_method(cell.method).hparams, {**hparams, **cell.fixed}, owner=cell.method)
     return TrialConfig(
         dataset=cell.dataset, attribute=cell.attribute, method=cell.method, seed=seed, hparams=resolved,
@@ -111,8 +104,6 @@ def trial_config(suite: Suite, cell: Cell, hparams: dict[str, Any], seed: int) -
 
 def composed_methods(suite: Suite) -> list[str]:
     """Methods whose evaluate runs are composed with ERM by the selectors."""
-    from noharm.methods import get_method
-
     if not suite.selectors:
         return []
     out = []
@@ -126,8 +117,6 @@ def composed_methods(suite: Suite) -> list[str]:
 
 def compose_candidate(method: str) -> str:
     """The candidate of `method` mixed with ERM: its experts, else its primary candidate."""
-    from noharm.methods import get_method
-
     cls = get_method(method)
     return cls.expert_candidate or cls.candidates[0]
 

@@ -20,8 +20,6 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
-from ray._private.services import get_ray_address_from_environment
-
 from noharm.bench.errors import ConfigError
 from noharm.bench.tracking import CONNECT_TIMEOUT, check_sqlite_store, check_tracking_server, check_tracking_uri
 
@@ -71,6 +69,10 @@ def check_ray_address(address: str | None, timeout: float = CONNECT_TIMEOUT) -> 
 def _current_cluster() -> str | None:
     """The address `auto` means ($RAY_ADDRESS, else what `ray start --head` here left), found the way
     `ray.init(address="auto")` finds it; None when there is none."""
+    # Imported here: Ray reads its environment when imported, and preflight runs before the sweep sets it.
+    # (Ray has no public function for this lookup.)
+    from ray._private.services import get_ray_address_from_environment
+
     try:
         return get_ray_address_from_environment("auto", None)
     except ConnectionError:

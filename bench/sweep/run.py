@@ -25,20 +25,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import mlflow
-import optuna
-import ray
-from ray import tune
-
 from noharm.analysis.record import EVALUATE, SEARCH, TAG
 from noharm.bench.sweep.keys import CODE_VERSION
 from noharm.bench.sweep.lease import LeaseHeld, lease_record, lock_local_store
 from noharm.bench.sweep.preflight import preflight
-from noharm.bench.sweep.progress import Progress
 from noharm.bench.sweep.report import comparison
-from noharm.bench.sweep.searcher import Failure, SweepSearcher, prior_search_results
 from noharm.bench.sweep.suite import Suite, check_files
-from noharm.bench.sweep.trials import tune_trainable
 from noharm.bench.tracking import Tracker, default_uri, git_commit, is_local_store
 
 # Ray keeps Unix sockets under its temp folder; their paths must stay under ~107 characters.
@@ -96,6 +88,8 @@ def prepare_environment(address: str | None, out: Path) -> Path | None:
 
 def quiet_loggers() -> None:
     """MLflow's table creation, Alembic's migrations, Optuna's study notes and Tune's notes stay quiet."""
+    import mlflow  # noqa: F401  (configures its logger on import; lower it afterwards)
+    import optuna
 
     for name in ("mlflow", "alembic", "ray", "filelock"):
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -115,6 +109,8 @@ def ray_temp_dir(out: Path) -> Path:
 
 def searcher_from_store(suite: Suite, tracker: Tracker, invocation: str):
     """A searcher rebuilt from what MLflow holds after a sweep, with this invocation's FAILED runs as failures."""
+    from noharm.bench.sweep.searcher import Failure, SweepSearcher, prior_search_results
+
     finished = tracker.finished_index(suite.name)
     prior = prior_search_results([r for (stage, _), r in finished.items() if stage == SEARCH], suite, CODE_VERSION)
     searcher = SweepSearcher(suite, finished, prior)
@@ -137,6 +133,8 @@ def tune_storage(out: Path, ray_tmp: Path | None) -> Path:
 
 def start_ray(address: str | None) -> bool:
     """Start a local Ray on 127.0.0.1, or join `address`; returns True when this call started it."""
+    import ray
+
     if ray.is_initialized():
         return False
     if address:
@@ -168,6 +166,7 @@ def run_suite(suite: Suite, out: str | os.PathLike, tracking_uri: str | None = N
 def open_store(out: Path, uri: str, experiment: str, suite: str):
     """Create --out, take the driver's lease and open the experiment; on a failed start (other than a held
     lease) remove what this call created, so a bad store leaves no half-made run folder."""
+
     existed = out.exists()
     before = set(out.iterdir()) if existed else set()
     out.mkdir(parents=True, exist_ok=True)
@@ -196,6 +195,14 @@ def _run_locked(suite: Suite, out: Path, tracker: Tracker, exp_name: str, addres
                 max_concurrent: int | None, device: str, quiet: bool, t0: float) -> SweepOutcome:
     """The sweep proper, with the lease held (see `run_suite`)."""
     ray_tmp = prepare_environment(address, out)
+    # Imported only now, on purpose: Ray reads its environment (set just above) when imported, and the
+    # searcher and trainables import Ray.
+    from ray import tune
+
+    from noharm.bench.sweep.progress import Progress
+    from noharm.bench.sweep.searcher import SweepSearcher, prior_search_results
+    from noharm.bench.sweep.trials import tune_trainable
+
     quiet_loggers()
     uri = tracker.uri
     stale = tracker.close_stale(suite.name)
@@ -254,6 +261,8 @@ def _run_locked(suite: Suite, out: Path, tracker: Tracker, exp_name: str, addres
             tracker.close_invocation(suite.name, invocation, status="FAILED" if searcher.is_done() else "KILLED")
     finally:
         if started:
+            import ray
+
             ray.shutdown()
         if ray_tmp is not None:
             for key in ("RAY_TMPDIR", "TMPDIR"):  # this process goes on without them

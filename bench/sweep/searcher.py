@@ -33,7 +33,9 @@ from collections import deque
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import optuna
 from ray.tune.search import Searcher
+from ray.tune.search.optuna import OptunaSearch
 
 from noharm.analysis.record import COMPOSE, EVALUATE, SEARCH, TAG
 from noharm.bench.sweep import grid
@@ -41,6 +43,9 @@ from noharm.bench.sweep.grid import ERM, Cell
 from noharm.bench.sweep.keys import compose_key, trial_key
 from noharm.bench.sweep.suite import Suite
 from noharm.bench.sweep.trials import WORST_OBJECTIVE, stored_objective
+from noharm.datasets import DATASETS
+from noharm.methods import get_method
+from noharm.methods.hparams import search_space
 
 
 @dataclass
@@ -174,10 +179,6 @@ class SweepSearcher(Searcher):
 
     # ---- search --------------------------------------------------------------------------------
     def _start_search(self, cell: Cell, prior: list) -> None:
-        from ray.tune.search.optuna import OptunaSearch
-
-        from noharm.methods import get_method
-        from noharm.methods.hparams import search_space
 
         space = OptunaSearch.convert_search_space(search_space(get_method(cell.method).hparams, cell.fixed))
         trials = self.suite.search.trials
@@ -334,8 +335,6 @@ class SweepSearcher(Searcher):
 
     # ---- specs ---------------------------------------------------------------------------------
     def _trial_spec(self, stage: str, cell: Cell, hparams: dict[str, Any], seed: int) -> dict[str, Any]:
-        from noharm.datasets import DATASETS
-
         cfg = grid.trial_config(self.suite, cell, hparams, seed)
         target = cell.options.get("target") or DATASETS.get(cell.dataset).default_target
         return {
@@ -349,8 +348,6 @@ class SweepSearcher(Searcher):
 
 def declared_defaults(method: str, space: dict[str, Any]) -> dict[str, Any]:
     """The method's declared default of every searched hyperparameter (the first trial of each search)."""
-    from noharm.methods import get_method
-
     declared = get_method(method).hparams
     return {name: declared[name].default for name in space}
 
@@ -361,8 +358,6 @@ def draw_settings(space: dict[str, Any], history: list[tuple[dict[str, Any], flo
     A fresh sampler and in-memory study per proposal: nothing carries over between proposals, so
     the same arguments always give the same settings.
     """
-    import optuna
-
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed))
     for hparams, objective in history:
         study.add_trial(optuna.trial.create_trial(params={k: hparams[k] for k in space}, distributions=space,
@@ -373,8 +368,6 @@ def draw_settings(space: dict[str, Any], history: list[tuple[dict[str, Any], flo
 def prior_search_results(runs: list, suite: Suite, code_version: str) -> dict[str, list]:
     """{cell id: [(hparams, objective, run id, key, trial number)]} from FINISHED search runs of this code
     version, oldest first (a run without a trial number, from before numbers were tagged, gets its place)."""
-    from noharm.methods import get_method
-
     out: dict[str, list] = {}
     for run in sorted(runs, key=lambda r: r.info.start_time or 0):
         tags = run.data.tags
