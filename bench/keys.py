@@ -16,7 +16,7 @@ import json
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from bench.trial import TrialConfig
+from bench.trial import TrialConfig, trial_hparams
 
 # Bump the suffix when a change alters trial numbers without changing the package
 # version (a fixed bug in a loss, a new split rule): old keys then no longer match.
@@ -41,13 +41,11 @@ def _digest(payload: dict[str, Any]) -> str:
 
 
 def trial_key(cfg: TrialConfig) -> str:
-    """The key of one trial; hyperparameters are resolved first, so defaults and explicit values agree."""
-    from methods import get_method
-    from methods.hparams import resolve
-
+    """The key of one trial; hyperparameters are resolved first (`trial_hparams`: set > dataset budget >
+    method default), so defaults, a dataset's budget and the same values set explicitly agree."""
     from datasets.splits import split_file_digest
 
-    hparams = resolve(get_method(cfg.method).hparams, cfg.hparams, owner=cfg.method)
+    hparams, _ = trial_hparams(cfg.method, cfg.dataset, cfg.hparams)
     payload = {
         "dataset": cfg.dataset, "attribute": cfg.attribute, "method": cfg.method,
         "hparams": hparams, "seed": int(cfg.seed), "dataset_options": cfg.dataset_options,

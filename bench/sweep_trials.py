@@ -80,7 +80,12 @@ def ray_node() -> str:
 
 
 def trial_params(cfg) -> dict[str, Any]:
-    params = {k: v for k, v in cfg.hparams.items()}
+    """MLflow params of a trial: every resolved hyperparameter, the budget with its source, options, settings."""
+    from bench.trial import budget_of, budget_text, trial_hparams
+
+    params, sources = trial_hparams(cfg.method, cfg.dataset, cfg.hparams)
+    params = dict(params)
+    params["trial.budget"] = budget_text(cfg.dataset, budget_of(cfg.dataset, params, sources))
     params.update({f"dataset.{k}": v for k, v in cfg.dataset_options.items()})
     params.update({"trial.objective": cfg.objective, "trial.precision": cfg.precision,
                    "trial.min_group_size": cfg.min_group_size})
