@@ -24,6 +24,7 @@ import numpy as np
 from sklearn.metrics import balanced_accuracy_score
 
 SINGLE_CLASS = 0.999
+NEAR_CHANCE = 0.55  # balanced accuracy below this on a group's test rows: barely better than a coin
 # The embedded datasets: (dataset, attribute, fixed hparams, dataset options). digits-shift runs the
 # small CNN at 16 px (the default suite's setting); everything else is the declared default.
 CASES = {
@@ -52,17 +53,23 @@ def group_rows(predictions) -> list[dict]:
     return out
 
 
-def measure(method: str, dataset: str) -> dict:
-    """One trial of `method` on `dataset` with defaults (seed 0); its per-group rows and the budget used."""
+def measure(method: str, dataset: str, seed: int = 0, extra: dict | None = None) -> dict:
+    """One trial of `method` on `dataset` with defaults (plus `extra` set); per-group rows and the budget used."""
     from bench.trial import TrialConfig, run_trial
 
     attribute, hparams, options = CASES[dataset]
+    hparams = {**hparams, **(extra or {})}
     t0 = time.perf_counter()
-    result = run_trial(TrialConfig(dataset=dataset, attribute=attribute, method=method, hparams=dict(hparams),
-                                   dataset_options=dict(options)), device="cpu")
-    return {"method": method, "dataset": dataset, "attribute": attribute, "set": hparams, "options": options,
-            "budget": result.notes.get("budget", {}), "wall_seconds": time.perf_counter() - t0,
-            "rows": group_rows(result.predictions)}
+    result = run_trial(TrialConfig(dataset=dataset, attribute=attribute, method=method, seed=seed,
+                                   hparams=dict(hparams), dataset_options=dict(options)), device="cpu")
+    return {"method": method, "dataset": dataset, "attribute": attribute, "seed": seed, "set": hparams,
+            "options": options, "budget": result.notes.get("budget", {}),
+            "wall_seconds": time.perf_counter() - t0, "rows": group_rows(result.predictions)}
+
+
+def case_of(record: dict) -> tuple:
+    """What a measured row is of: (method, dataset, seed, what was set)."""
+    return (record["method"], record["dataset"], record.get("seed", 0), json.dumps(record["set"], sort_keys=True))
 
 
 def load(path: Path) -> list[dict]:
@@ -77,38 +84,56 @@ def worst(record: dict) -> dict:
 
 
 def table(records: list[dict]) -> str:
-    """Markdown: one line per (method, dataset) with the worst one-class share, and every flagged row."""
-    lines = ["| method | dataset | budget (epochs, batch: source) | worst one-class share (candidate, group) | "
-             "balanced acc there | min balanced acc | flagged | wall (s) |", "|---|---|---|---|---|---|---|---|"]
+    """Markdown: per (dataset, settings, method) over its seeds, the worst one-class share; then every flag."""
+    from bench.trial import budget_of, trial_hparams
+
+    cases: dict[tuple, list[dict]] = {}
+    for r in records:
+        cases.setdefault((r["dataset"], json.dumps(r["set"], sort_keys=True), r["method"]), []).append(r)
+    lines = ["| dataset | method | budget (source) | seeds | worst one-class share (candidate, group, seed) | "
+             "balanced acc there | min balanced acc | flag | wall (s) |", "|---|---|---|---|---|---|---|---|---|"]
     flagged = []
-    for r in sorted(records, key=lambda r: (r["dataset"], r["method"])):
-        w = worst(r)
-        budget = ", ".join(f"{k}={v['value']} ({v['source']})" for k, v in r["budget"].items()
-                           if k in ("epochs", "batch_size"))
-        single = [x for x in r["rows"] if x["share"] >= SINGLE_CLASS]
-        flagged += [(r["method"], r["dataset"], x) for x in single]
-        lines.append(f"| {r['method']} | {r['dataset']} | {budget} | {w['share']:.3f} ({w['candidate']}, "
-                     f"{w['group']}) | {w['balanced_accuracy']:.3f} | "
-                     f"{min(x['balanced_accuracy'] for x in r['rows']):.3f} | "
-                     f"{'SINGLE CLASS' if single else ''} | {r['wall_seconds']:.0f} |")
+    for (dataset, _, method), runs in sorted(cases.items()):
+        rows = [(x, r["seed"] if "seed" in r else 0) for r in runs for x in r["rows"]]
+        w, wseed = max(rows, key=lambda t: t[0]["share"])
+        r0 = runs[0]
+        # Rows measured before trials recorded their budget: the same rule gives it back.
+        budget = r0["budget"] or budget_of(dataset, *trial_hparams(method, dataset, r0["set"]))
+        budget = ", ".join(f"{k}={v['value']} ({v['source']})" for k, v in budget.items())
+        single = [(x, sd) for x, sd in rows if x["share"] >= SINGLE_CLASS]
+        chance = [(x, sd) for x, sd in rows if x["balanced_accuracy"] < NEAR_CHANCE and x["share"] < SINGLE_CLASS]
+        flagged += [(method, dataset, budget, x, sd, "single class") for x, sd in single]
+        flagged += [(method, dataset, budget, x, sd, "near chance") for x, sd in chance]
+        flag = " ".join(f for f, hit in (("SINGLE CLASS", single), ("near chance", chance)) if hit)
+        lines.append(f"| {dataset} | {method} | {budget} | {','.join(str(r.get('seed', 0)) for r in runs)} | "
+                     f"{w['share']:.3f} ({w['candidate']}, {w['group']}, {wseed}) | {w['balanced_accuracy']:.3f} | "
+                     f"{min(x['balanced_accuracy'] for x, _ in rows):.3f} | {flag} | "
+                     f"{max(r['wall_seconds'] for r in runs):.0f} |")
     text = "\n".join(lines)
     if flagged:
-        text += "\n\nSingle-class (share >= 0.999) candidate/group pairs:\n\n" + "\n".join(
-            f"- {m} on {d}: {x['candidate']}, group {x['group']}: class {x['majority_class']} for "
-            f"{x['share']:.3f} of test rows" for m, d, x in flagged)
+        text += (f"\n\nFlagged candidate/group pairs (single class: share >= {SINGLE_CLASS}; near chance: "
+                 f"balanced accuracy < {NEAR_CHANCE}):\n\n") + "\n".join(
+            f"- {m} on {d} ({b}), seed {sd}: {x['candidate']}, group {x['group']}: {kind}, class "
+            f"{x['majority_class']} for {x['share']:.3f} of test rows, balanced accuracy {x['balanced_accuracy']:.3f}"
+            for m, d, b, x, sd, kind in flagged)
     else:
-        text += "\n\nNo candidate predicts a single class for any group."
+        text += "\n\nNo candidate predicts a single class, or is near chance, for any group."
     return text
 
 
 def main(argv: list[str] | None = None) -> int:
     import torch
+    import yaml
 
     from methods import METHODS
+    from methods.hparams import parse_assignments
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--methods", default="all", help="comma-separated method names, or all")
     p.add_argument("--datasets", default=",".join(CASES), help="comma-separated embedded datasets")
+    p.add_argument("--seeds", default="0", help="comma-separated seeds")
+    p.add_argument("--set", action="append", metavar="NAME=VALUE",
+                   help="also set a hyperparameter (e.g. the budget before a dataset declared one); repeatable")
     p.add_argument("--out", default="defaults_check.jsonl", help="JSONL file of measured rows (appended)")
     p.add_argument("--rerun", action="store_true", help="measure again what --out already holds")
     p.add_argument("--append", action="store_true", help="only append the table of --out to RESULTS.md")
@@ -122,18 +147,22 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     torch.set_num_threads(1)  # a shared 2-core machine; numbers as the tests see them
     methods = METHODS.names() if args.methods == "all" else args.methods.split(",")
-    done = {(r["method"], r["dataset"]) for r in load(out)} if not args.rerun else set()
-    for dataset in args.datasets.split(","):
-        for method in methods:
-            if (method, dataset) in done:
-                continue
-            record = measure(method, dataset)
-            with out.open("a") as f:
-                f.write(json.dumps(record) + "\n")
-            w = worst(record)
-            print(f"{method:22s} {dataset:13s} worst share {w['share']:.3f} ({w['candidate']}, {w['group']}) "
-                  f"bal {w['balanced_accuracy']:.3f} {record['wall_seconds']:.0f}s "
-                  f"{'SINGLE CLASS' if w['share'] >= SINGLE_CLASS else ''}", flush=True)
+    extra = {k: yaml.safe_load(v) for k, v in parse_assignments(args.set).items()}
+    done = {case_of(r) for r in load(out)} if not args.rerun else set()
+    for seed in (int(x) for x in args.seeds.split(",")):
+        for dataset in args.datasets.split(","):
+            for method in methods:
+                planned = {**CASES[dataset][1], **extra}
+                if (method, dataset, seed, json.dumps(planned, sort_keys=True)) in done:
+                    continue
+                record = measure(method, dataset, seed, extra)
+                with out.open("a") as f:
+                    f.write(json.dumps(record) + "\n")
+                w = worst(record)
+                print(f"{method:22s} {dataset:13s} s{seed} {extra or ''} worst share {w['share']:.3f} "
+                      f"({w['candidate']}, {w['group']}) bal {w['balanced_accuracy']:.3f} "
+                      f"{record['wall_seconds']:.0f}s {'SINGLE CLASS' if w['share'] >= SINGLE_CLASS else ''}",
+                      flush=True)
     return 0
 
 
