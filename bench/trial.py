@@ -95,6 +95,11 @@ class TrialResult:
     state_dict: dict[str, Any] = field(default_factory=dict, repr=False)
 
 
+def declared_budget(dataset: str) -> dict[str, Any]:
+    """The training budget a registered dataset declares ({} when none, or for a plugin without the attribute)."""
+    return dict(getattr(DATASETS.get(dataset), "training_budget", None) or {})
+
+
 def trial_hparams(method: str, dataset: str,
                   overrides: Mapping[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, str]]:
     """A trial's hyperparameters, by the one precedence rule every caller uses (`noharm trial`, suites, keys).
@@ -105,7 +110,7 @@ def trial_hparams(method: str, dataset: str,
     (FROM_SET, FROM_DATASET or FROM_METHOD). Raises HparamError on a bad name or value.
     """
     declared = get_method(method).hparams
-    budget = {k: v for k, v in DATASETS.get(dataset).training_budget.items() if k in declared}
+    budget = {k: v for k, v in declared_budget(dataset).items() if k in declared}
     try:
         resolve(declared, budget, owner=method)
     except HparamError as exc:  # a declaration mistake of the dataset, not the user's
@@ -118,7 +123,7 @@ def trial_hparams(method: str, dataset: str,
 
 def budget_of(dataset: str, values: Mapping[str, Any], sources: Mapping[str, str]) -> dict[str, dict[str, Any]]:
     """The trial's budget as {name: {"value", "source"}}: epochs, batch size and what the dataset declares."""
-    names = [*REPORTED_BUDGET, *(k for k in DATASETS.get(dataset).training_budget if k not in REPORTED_BUDGET)]
+    names = [*REPORTED_BUDGET, *(k for k in declared_budget(dataset) if k not in REPORTED_BUDGET)]
     return {k: {"value": values[k], "source": sources[k]} for k in names if k in values}
 
 

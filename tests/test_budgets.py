@@ -150,3 +150,13 @@ def test_german_experts_with_defaults_predict_both_classes_in_every_group(method
         assert np.mean(recall) >= 0.55, (method, group, recall)  # balanced accuracy above chance
     assert result.notes["budget"] == {"epochs": {"value": 30, "source": FROM_DATASET},
                                       "batch_size": {"value": 32, "source": FROM_DATASET}}
+
+
+def test_datasets_list_shows_a_declared_budget(capsys):
+    assert main(["datasets", "list"]) == 0
+    out = capsys.readouterr().out
+    german = out[out.index("german  ["):]
+    german = german[:german.index("\n", german.index("source:"))]
+    assert "budget:     epochs=30, batch_size=32 (for every method, unless --set or a suite sets it)" in german
+    adult = out[out.index("adult  ["):out.index("bank  [")]
+    assert "budget:" not in adult

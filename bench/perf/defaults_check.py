@@ -83,6 +83,13 @@ def worst(record: dict) -> dict:
     return max(record["rows"], key=lambda r: r["share"])
 
 
+def hit_list(hits: list[tuple[dict, int]], most: int = 4) -> str:
+    """`candidate/group sSEED (share, balanced accuracy)` of the first `most` hits, and how many more."""
+    text = ", ".join(f"{x['candidate']}/{x['group']} s{sd} ({x['share']:.3f}, {x['balanced_accuracy']:.3f})"
+                     for x, sd in hits[:most])
+    return text + (f", ... {len(hits) - most} more" if len(hits) > most else "")
+
+
 def table(records: list[dict]) -> str:
     """Markdown: per (dataset, settings, method) over its seeds, the worst one-class share; then every flag."""
     from bench.trial import budget_of, trial_hparams
@@ -92,7 +99,7 @@ def table(records: list[dict]) -> str:
         cases.setdefault((r["dataset"], json.dumps(r["set"], sort_keys=True), r["method"]), []).append(r)
     lines = ["| dataset | method | budget (source) | seeds | worst one-class share (candidate, group, seed) | "
              "balanced acc there | min balanced acc | flag | wall (s) |", "|---|---|---|---|---|---|---|---|---|"]
-    flagged = []
+    flagged: list[str] = []
     for (dataset, _, method), runs in sorted(cases.items()):
         rows = [(x, r["seed"] if "seed" in r else 0) for r in runs for x in r["rows"]]
         w, wseed = max(rows, key=lambda t: t[0]["share"])
@@ -102,8 +109,10 @@ def table(records: list[dict]) -> str:
         budget = ", ".join(f"{k}={v['value']} ({v['source']})" for k, v in budget.items())
         single = [(x, sd) for x, sd in rows if x["share"] >= SINGLE_CLASS]
         chance = [(x, sd) for x, sd in rows if x["balanced_accuracy"] < NEAR_CHANCE and x["share"] < SINGLE_CLASS]
-        flagged += [(method, dataset, budget, x, sd, "single class") for x, sd in single]
-        flagged += [(method, dataset, budget, x, sd, "near chance") for x, sd in chance]
+        if single or chance:
+            flagged.append(f"- {method} on {dataset} ({budget}): "
+                           + "; ".join(f"{kind} ({len(hits)}): " + hit_list(hits)
+                                       for kind, hits in (("single class", single), ("near chance", chance)) if hits))
         flag = " ".join(f for f, hit in (("SINGLE CLASS", single), ("near chance", chance)) if hit)
         lines.append(f"| {dataset} | {method} | {budget} | {','.join(str(r.get('seed', 0)) for r in runs)} | "
                      f"{w['share']:.3f} ({w['candidate']}, {w['group']}, {wseed}) | {w['balanced_accuracy']:.3f} | "
@@ -111,11 +120,8 @@ def table(records: list[dict]) -> str:
                      f"{max(r['wall_seconds'] for r in runs):.0f} |")
     text = "\n".join(lines)
     if flagged:
-        text += (f"\n\nFlagged candidate/group pairs (single class: share >= {SINGLE_CLASS}; near chance: "
-                 f"balanced accuracy < {NEAR_CHANCE}):\n\n") + "\n".join(
-            f"- {m} on {d} ({b}), seed {sd}: {x['candidate']}, group {x['group']}: {kind}, class "
-            f"{x['majority_class']} for {x['share']:.3f} of test rows, balanced accuracy {x['balanced_accuracy']:.3f}"
-            for m, d, b, x, sd, kind in flagged)
+        text += (f"\n\nFlagged (candidate/group seed (one-class share, balanced accuracy)); single class: share >= "
+                 f"{SINGLE_CLASS}; near chance: balanced accuracy < {NEAR_CHANCE}:\n\n") + "\n".join(flagged)
     else:
         text += "\n\nNo candidate predicts a single class, or is near chance, for any group."
     return text
