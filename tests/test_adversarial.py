@@ -10,11 +10,11 @@ import torch
 import torch.nn.functional as F
 from sklearn.linear_model import LogisticRegression
 
-from methods import FitContext, get_method
-from methods.adv_debias import Adversary, projected_update
-from methods.batches import BatchSource
-from methods.gradient_reversal import GradientReversal, reverse_gradient
-from methods.hparams import HparamError
+from noharm.methods import FitContext, get_method
+from noharm.methods.adv_debias import Adversary, projected_update
+from noharm.methods.batches import BatchSource
+from noharm.methods.gradient_reversal import GradientReversal, reverse_gradient
+from noharm.methods.hparams import HparamError
 from tests.conftest import make_task
 
 FAST = {"backbone": "mlp", "hidden": 32, "batch_size": 64}
@@ -212,8 +212,8 @@ def test_adv_rep_ramp_raises_the_weight_over_training():
 def test_adv_debias_defaults_learn_both_groups_of_digits_shift():
     """With alpha = 1 (the old default) the seed-2 predictor stayed near chance and gave the shifted group one
     class; AIF360's 0.1 learns both groups (bench/perf/defaults_check.py measured every seed)."""
-    from analysis import predictions as P
-    from bench.trial import TrialConfig, run_trial
+    from noharm.analysis import predictions as P
+    from noharm.bench.trial import TrialConfig, run_trial
 
     assert get_method("adv-debias").hparams["alpha"].default == 0.1
     result = run_trial(TrialConfig(dataset="digits-shift", attribute="style", method="adv-debias", seed=2,

@@ -9,15 +9,15 @@ import json
 import numpy as np
 import pytest
 
-from bench.cli import main
-from bench.keys import trial_key
-from bench.suite import parse_suite
-from bench.trial import FROM_DATASET, FROM_METHOD, FROM_SET, TrialConfig, run_trial, trial_hparams
-from datasets import DATASETS
-from datasets.german import German
-from methods import METHODS
-from methods.hparams import HparamError
-from methods.training import TRAINING_HPARAMS
+from noharm.bench.cli import main
+from noharm.bench.sweep.keys import trial_key
+from noharm.bench.sweep.suite import parse_suite
+from noharm.bench.trial import FROM_DATASET, FROM_METHOD, FROM_SET, TrialConfig, run_trial, trial_hparams
+from noharm.datasets import DATASETS
+from noharm.datasets.german import German
+from noharm.methods import METHODS
+from noharm.methods.hparams import HparamError
+from noharm.methods.training import TRAINING_HPARAMS
 
 GERMAN_BUDGET = {"epochs": 30, "batch_size": 32}
 
@@ -84,8 +84,8 @@ def suite_with(german_hparams: dict | None = None, trials: int = 2):
 
 
 def test_suite_trials_get_the_dataset_budget_unless_the_suite_sets_it():
-    from bench import grid
-    from bench.sweep_trials import trial_params
+    from noharm.bench.sweep import grid
+    from noharm.bench.sweep.trials import trial_params
 
     cells = {c.label: c for c in grid.cells(suite_with())}
     searched = {"lr": 0.01, "weight_decay": 1e-3}
@@ -111,7 +111,7 @@ def test_suite_trials_get_the_dataset_budget_unless_the_suite_sets_it():
 def test_tabular_suite_leaves_german_to_its_declared_budget():
     from pathlib import Path
 
-    from bench.suite import load_suite
+    from noharm.bench.sweep.suite import load_suite
 
     suite = load_suite(Path(__file__).resolve().parents[1] / "bench" / "suites" / "tabular.yaml")
     german = next(d for d in suite.datasets if d.name == "german")
@@ -138,7 +138,7 @@ def test_german_experts_with_defaults_predict_both_classes_in_every_group(method
     """The collapse this budget fixes: with 50 steps these experts predicted one class for Male."""
     result = run_trial(TrialConfig(dataset="german", attribute="sex", method=method), device="cpu")
     test = result.predictions[result.predictions["split"] == "test"]
-    from analysis import predictions as P
+    from noharm.analysis import predictions as P
 
     pred = P.proba(test, "experts").argmax(1)
     y = test["y"].to_numpy()

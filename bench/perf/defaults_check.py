@@ -36,7 +36,7 @@ CASES = {
 
 def group_rows(predictions) -> list[dict]:
     """Per candidate and group of the test split: majority predicted class, its share, balanced accuracy."""
-    from analysis import predictions as P
+    from noharm.analysis import predictions as P
 
     test = predictions[predictions["split"] == "test"]
     out = []
@@ -55,7 +55,7 @@ def group_rows(predictions) -> list[dict]:
 
 def measure(method: str, dataset: str, seed: int = 0, extra: dict | None = None) -> dict:
     """One trial of `method` on `dataset` with defaults (plus `extra` set); per-group rows and the budget used."""
-    from bench.trial import TrialConfig, run_trial
+    from noharm.bench.trial import TrialConfig, run_trial
 
     attribute, hparams, options = CASES[dataset]
     hparams = {**hparams, **(extra or {})}
@@ -92,7 +92,7 @@ def hit_list(hits: list[tuple[dict, int]], most: int = 4) -> str:
 
 def table(records: list[dict]) -> str:
     """Markdown: per (dataset, settings, method) over its seeds, the worst one-class share; then every flag."""
-    from bench.trial import budget_of, trial_hparams
+    from noharm.bench.trial import budget_of, trial_hparams
 
     cases: dict[tuple, list[dict]] = {}
     for r in records:
@@ -131,8 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     import yaml
 
-    from methods import METHODS
-    from methods.hparams import parse_assignments
+    from noharm.methods import METHODS
+    from noharm.methods.hparams import parse_assignments
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--methods", default="all", help="comma-separated method names, or all")
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     out = Path(args.out)
     if args.append:
-        from bench.perf.common import append_results
+        from noharm.bench.perf.common import append_results
 
         append_results(f"defaults_check.py: {args.title}",
                        table(load(out)) + "\n\n" + NOTE)

@@ -39,7 +39,7 @@ def grow(source_uri: str, experiment: str, target_uri: str, n_runs: int) -> int:
     from mlflow.entities import Metric, Param, RunTag
     from mlflow.tracking import MlflowClient
 
-    from analysis.collect import open_experiment, search_all
+    from noharm.analysis.collect import open_experiment, search_all
 
     client, exp = open_experiment(experiment, source_uri)
     runs = [r for r in search_all(client, exp.experiment_id)
@@ -74,7 +74,7 @@ def grow(source_uri: str, experiment: str, target_uri: str, n_runs: int) -> int:
 
 def profile_report(uri: str, experiment: str) -> tuple[float, dict[str, float]]:
     """(wall seconds, seconds per phase) of one `write_report`."""
-    from analysis.report import write_report
+    from noharm.analysis.report import write_report
 
     with tempfile.TemporaryDirectory(prefix="noharm-report-speed-") as out:
         prof = cProfile.Profile()
@@ -117,7 +117,7 @@ def main() -> None:
         shares = ", ".join(f"{k} {v:.1f} s" for k, v in sorted(phases.items(), key=lambda kv: -kv[1]))
         lines.append(f"- {made} runs (built in {built:.0f} s): `write_report` {wall:.1f} s under cProfile; {shares}")
         print(lines[-1], flush=True)
-    from bench.perf.common import append_results
+    from noharm.bench.perf.common import append_results
 
     append_results("report_speed.py: `noharm report` on synthetic stores",
                    f"Grown from {args.source} (experiment {args.experiment!r}); cProfile adds overhead.\n\n"

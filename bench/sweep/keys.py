@@ -16,7 +16,7 @@ import json
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from bench.trial import TrialConfig, trial_hparams
+from noharm.bench.trial import TrialConfig, trial_hparams
 
 # Bump the suffix when a change alters trial numbers without changing the package
 # version (a fixed bug in a loss, a new split rule): old keys then no longer match.
@@ -43,7 +43,7 @@ def _digest(payload: dict[str, Any]) -> str:
 def trial_key(cfg: TrialConfig) -> str:
     """The key of one trial; hyperparameters are resolved first (`trial_hparams`: set > dataset budget >
     method default), so defaults, a dataset's budget and the same values set explicitly agree."""
-    from datasets.splits import split_file_digest
+    from noharm.datasets.splits import split_file_digest
 
     hparams, _ = trial_hparams(cfg.method, cfg.dataset, cfg.hparams)
     payload = {
