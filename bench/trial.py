@@ -16,7 +16,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import pandas as pd
@@ -29,9 +29,10 @@ from noharm.analysis.record import CONFIG_ARTIFACT, MODEL_ARTIFACT, PREDICTIONS_
 from noharm.bench.errors import ConfigError
 from noharm.bench.objectives import canonical, make_objective
 from noharm.bench.task import load_task
-from noharm.datasets import get_dataset
+from noharm.datasets import DATASETS, get_dataset
 from noharm.methods import FitContext, TaskData, get_method
 from noharm.methods.batches import eval_batch_size
+from noharm.methods.hparams import HparamError, resolve
 from noharm.settings import CHANNELS_LAST, PRECISION, SELECTION_METRIC
 
 SCORED_SPLITS = ("val", "test")
@@ -40,6 +41,11 @@ SCORED_SPLITS = ("val", "test")
 STORED_SPLITS = SCORED_SPLITS
 # What a trial's in-trial ERM reference takes from the method's settings: the budget and the architecture.
 BUDGET_HPARAMS = ("epochs", "batch_size", "patience", "backbone", "hidden", "pretrained")
+# The budget a trial always reports (with where each value came from), besides what its dataset declares.
+REPORTED_BUDGET = ("epochs", "batch_size")
+# Where a trial's hyperparameter value came from, strongest first: set by the user (`--set`) or the suite
+# (a fixed value or a searched one), the dataset's declared training budget, the method's declared default.
+FROM_SET, FROM_DATASET, FROM_METHOD = "set", "dataset", "method"
 
 
 @dataclass
@@ -86,6 +92,44 @@ class TrialResult:
     cost: dict[str, float]
     notes: dict[str, Any]
     state_dict: dict[str, Any] = field(default_factory=dict, repr=False)
+
+
+def declared_budget(dataset: str) -> dict[str, Any]:
+    """The training budget a registered dataset declares ({} when none, or for a plugin without the attribute)."""
+    return dict(getattr(DATASETS.get(dataset), "training_budget", None) or {})
+
+
+def trial_hparams(method: str, dataset: str,
+                  overrides: Mapping[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, str]]:
+    """A trial's hyperparameters, by the one precedence rule every caller uses (`noharm trial`, suites, keys).
+
+    A value set for the trial (`--set`, a suite's fixed value or a searched one) beats the dataset's
+    declared `training_budget` (e.g. german: 30 epochs at batch 32), which beats the method's declared
+    default. Returns the resolved values and, per name, where the value came from
+    (FROM_SET, FROM_DATASET or FROM_METHOD). Raises HparamError on a bad name or value.
+    """
+    declared = get_method(method).hparams
+    budget = {k: v for k, v in declared_budget(dataset).items() if k in declared}
+    try:
+        resolve(declared, budget, owner=method)
+    except HparamError as exc:  # a declaration mistake of the dataset, not the user's
+        raise HparamError(f"dataset {dataset!r} declares a bad training_budget: {exc}") from None
+    overrides = dict(overrides or {})
+    values = resolve(declared, {**budget, **overrides}, owner=method)
+    sources = {k: FROM_SET if k in overrides else FROM_DATASET if k in budget else FROM_METHOD for k in values}
+    return values, sources
+
+
+def budget_of(dataset: str, values: Mapping[str, Any], sources: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    """The trial's budget as {name: {"value", "source"}}: epochs, batch size and what the dataset declares."""
+    names = [*REPORTED_BUDGET, *(k for k in declared_budget(dataset) if k not in REPORTED_BUDGET)]
+    return {k: {"value": values[k], "source": sources[k]} for k in names if k in values}
+
+
+def budget_text(dataset: str, budget: Mapping[str, Mapping[str, Any]]) -> str:
+    """One line, e.g. `epochs=30 (dataset german), batch_size=32 (dataset german)`."""
+    where = {FROM_SET: "set for this trial", FROM_DATASET: f"dataset {dataset}", FROM_METHOD: "method default"}
+    return ", ".join(f"{k}={v['value']} ({where[v['source']]})" for k, v in budget.items())
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -173,7 +217,10 @@ def run_trial(
         raise ConfigError("precision fp16 needs a CUDA device (it uses a gradient scaler); use bf16 on CPU")
     dataset = get_dataset(cfg.dataset, **cfg.dataset_options)
     method_cls = get_method(cfg.method)
-    method = method_cls(cfg.hparams)
+    hparams, sources = trial_hparams(cfg.method, cfg.dataset, cfg.hparams)
+    method = method_cls(hparams)
+    budget = budget_of(cfg.dataset, hparams, sources)
+    log(f"budget: {budget_text(cfg.dataset, budget)}")
     loaded = load_task(dataset, cfg.attribute, cfg.seed, cfg.min_group_size)
     task, bundle, grouping, load_seconds = loaded.task, loaded.bundle, loaded.grouping, loaded.load_seconds
     val_idx = task.indices("val")
@@ -235,6 +282,8 @@ def run_trial(
         "small_groups": list(grouping.small_groups),
         "dropped": bundle.dropped,
         "hparams": method.hp,
+        "hparam_sources": sources,  # set / dataset / method, per hyperparameter
+        "budget": budget,
         "num_classes": bundle.num_classes,
         "selection": selection,
     }

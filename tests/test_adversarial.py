@@ -207,3 +207,20 @@ def test_adv_rep_ramp_raises_the_weight_over_training():
         method.on_epoch_start(model, epoch)
         weights.append(model.reversal.weight)
     assert weights[0] == 0.0 and all(a < b for a, b in zip(weights, weights[1:])) and weights[-1] < 4.0
+
+
+def test_adv_debias_defaults_learn_both_groups_of_digits_shift():
+    """With alpha = 1 (the old default) the seed-2 predictor stayed near chance and gave the shifted group one
+    class; AIF360's 0.1 learns both groups (bench/perf/defaults_check.py measured every seed)."""
+    from noharm.analysis import predictions as P
+    from noharm.bench.trial import TrialConfig, run_trial
+
+    assert get_method("adv-debias").hparams["alpha"].default == 0.1
+    result = run_trial(TrialConfig(dataset="digits-shift", attribute="style", method="adv-debias", seed=2,
+                                   hparams={"backbone": "cnn"}, dataset_options={"image_size": 16}), device="cpu")
+    test = result.predictions[result.predictions["split"] == "test"]
+    pred, y = P.proba(test, "model").argmax(1), test["y"].to_numpy()
+    for group in ("standard", "shifted"):
+        mask = (test["group"] == group).to_numpy()
+        recall = [(pred[mask & (y == c)] == c).mean() for c in (0, 1)]
+        assert min(recall) >= 0.7, (group, recall)  # old default: shifted recalls 0 and 1

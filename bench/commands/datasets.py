@@ -39,6 +39,9 @@ def run_list(args: argparse.Namespace) -> int:
         print("    attributes: " + "; ".join(f"{k} ({v})" for k, v in cls.attributes.items()))
         if cls.size_note:
             print(f"    size:       {cls.size_note}")
+        if cls.training_budget:
+            print("    budget:     " + ", ".join(f"{k}={v}" for k, v in cls.training_budget.items())
+                  + " (for every method, unless --set or a suite sets it)")
         print(f"    source:     {'embedded' if not cls.needs_root else 'local folder (--data-root)'}; {cls.citation}")
     return 0
 

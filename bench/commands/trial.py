@@ -41,7 +41,7 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from noharm.bench.console import trial_report
-    from noharm.bench.trial import TrialConfig, run_trial, save_trial
+    from noharm.bench.trial import TrialConfig, budget_text, run_trial, save_trial
     from noharm.methods.hparams import parse_assignments
 
     options = parse_options(args.option)
@@ -64,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
     log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     result = run_trial(cfg, device=args.device, log=log)
     print(f"{cfg.method} on {cfg.dataset} ({cfg.attribute}), seed {cfg.seed}, device {result.notes['device']}")
+    print(f"budget: {budget_text(cfg.dataset, result.notes['budget'])}")
     if result.notes["small_groups"]:
         print(f"warning: groups below {cfg.min_group_size} samples in some split: {', '.join(result.notes['small_groups'])}")
     print(trial_report(result.metrics, list(result.candidates), list(result.group_names)))

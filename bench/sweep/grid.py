@@ -14,7 +14,7 @@ from typing import Any
 
 from noharm.analysis.record import COMPOSE, EVALUATE, SEARCH
 from noharm.bench.sweep.suite import DatasetEntry, MethodEntry, Suite
-from noharm.bench.trial import TrialConfig
+from noharm.bench.trial import TrialConfig, trial_hparams
 from noharm.methods import get_method
 from noharm.methods.hparams import resolve
 
@@ -93,10 +93,19 @@ def cells(suite: Suite) -> list[Cell]:
 
 
 def trial_config(suite: Suite, cell: Cell, hparams: dict[str, Any], seed: int) -> TrialConfig:
-    """The trial of `cell` with `hparams` (fixed overrides applied on top) on `seed`, fully resolved."""
-    resolved = resolve(get_method(cell.method).hparams, {**hparams, **cell.fixed}, owner=cell.method)
+    """The trial of `cell` with the searched values of `hparams` and the cell's fixed overrides on `seed`.
+
+    The config holds only what the suite sets (searched and fixed values); every other name is left to
+    `run_trial`, which resolves it by the one rule of `bench.trial.trial_hparams` (set > the dataset's
+    declared budget > the method's default) and records where each value came from. `hparams` may be a
+    fully resolved dict (a search result read back from MLflow): only its searched names are kept, so a
+    method default stored there never masks the dataset's budget.
+    """
+    searched = set(searchable(cell.method, cell.fixed))
+    chosen = {**{k: v for k, v in hparams.items() if k in searched}, **cell.fixed}
+    trial_hparams(cell.method, cell.dataset, chosen)  # a bad name or value fails here, not in a worker
     return TrialConfig(
-        dataset=cell.dataset, attribute=cell.attribute, method=cell.method, seed=seed, hparams=resolved,
+        dataset=cell.dataset, attribute=cell.attribute, method=cell.method, seed=seed, hparams=chosen,
         dataset_options=dict(cell.options), objective=suite.search.objective, precision=suite.precision,
         min_group_size=suite.min_group_size, train_predictions=suite.train_predictions,
     )

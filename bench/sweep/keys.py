@@ -16,7 +16,7 @@ import json
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from noharm.bench.trial import TrialConfig
+from noharm.bench.trial import TrialConfig, trial_hparams
 from noharm.datasets.splits import split_file_digest
 from noharm.methods import get_method
 from noharm.methods.hparams import resolve
@@ -44,9 +44,9 @@ def _digest(payload: dict[str, Any]) -> str:
 
 
 def trial_key(cfg: TrialConfig) -> str:
-    """The key of one trial; hyperparameters are resolved first, so defaults and explicit values agree."""
-
-    hparams = resolve(get_method(cfg.method).hparams, cfg.hparams, owner=cfg.method)
+    """The key of one trial; hyperparameters are resolved first (`trial_hparams`: set > dataset budget >
+    method default), so defaults, a dataset's budget and the same values set explicitly agree."""
+    hparams, _ = trial_hparams(cfg.method, cfg.dataset, cfg.hparams)
     payload = {
         "dataset": cfg.dataset, "attribute": cfg.attribute, "method": cfg.method,
         "hparams": hparams, "seed": int(cfg.seed), "dataset_options": cfg.dataset_options,

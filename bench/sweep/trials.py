@@ -29,7 +29,9 @@ from noharm.analysis.record import COMPOSE, EVALUATE, PREDICTIONS_ARTIFACT, TAG,
 from noharm.bench.compose import ERM_CANDIDATE, compose
 from noharm.bench.objectives import MINIMISED_SUFFIXES, canonical
 from noharm.bench.tracking import Tracker
-from noharm.bench.trial import TrialConfig, run_trial, save_trial, score_predictions
+from noharm.bench.trial import (
+    TrialConfig, budget_of, budget_text, run_trial, save_trial, score_predictions, trial_hparams,
+)
 from noharm.methods import get_method
 
 # Reported to Optuna for an undefined objective (e.g. worst-group AUC of a one-class group).
@@ -85,7 +87,10 @@ def ray_node() -> str:
 
 
 def trial_params(cfg) -> dict[str, Any]:
-    params = {k: v for k, v in cfg.hparams.items()}
+    """MLflow params of a trial: every resolved hyperparameter, the budget with its source, options, settings."""
+    params, sources = trial_hparams(cfg.method, cfg.dataset, cfg.hparams)
+    params = dict(params)
+    params["trial.budget"] = budget_text(cfg.dataset, budget_of(cfg.dataset, params, sources))
     params.update({f"dataset.{k}": v for k, v in cfg.dataset_options.items()})
     params.update({"trial.objective": cfg.objective, "trial.precision": cfg.precision,
                    "trial.min_group_size": cfg.min_group_size})
