@@ -26,6 +26,7 @@ from noharm.analysis import predictions as P
 from noharm.analysis.diagnostics import expert_diagnostics, feature_rows, warnings_text
 from noharm.analysis.metrics import evaluate
 from noharm.analysis.record import CONFIG_ARTIFACT, MODEL_ARTIFACT, PREDICTIONS_ARTIFACT
+from noharm.bench.compose import compose
 from noharm.bench.errors import ConfigError
 from noharm.bench.objectives import canonical, make_objective
 from noharm.bench.task import load_task
@@ -33,6 +34,7 @@ from noharm.datasets import DATASETS, get_dataset
 from noharm.methods import FitContext, TaskData, get_method
 from noharm.methods.batches import eval_batch_size
 from noharm.methods.hparams import HparamError, resolve
+from noharm.methods.selection import STRATEGIES
 from noharm.settings import CHANNELS_LAST, PRECISION, SELECTION_METRIC
 
 SCORED_SPLITS = ("val", "test")
@@ -75,8 +77,6 @@ class TrialConfig:
         for setting in (PRECISION, CHANNELS_LAST, SELECTION_METRIC):
             setting.check(getattr(self, setting.name), ConfigError)
         if self.selectors:
-            from noharm.methods.selection import STRATEGIES
-
             unknown = [s for s in self.selectors if s not in STRATEGIES]
             if unknown:
                 raise ConfigError(f"unknown selector {unknown[0]!r}; choose from: {', '.join(sorted(STRATEGIES))}")
@@ -269,8 +269,6 @@ def run_trial(
     selection: dict[str, Any] = {}
     if cfg.selectors and cfg.method != "erm":
         erm_preds = erm_reference(cfg, device, log)
-        from noharm.bench.compose import compose
-
         preds, selection = compose(preds, erm_preds, list(cfg.selectors), metric=cfg.selection_metric,
                                    candidate=method_cls.expert_candidate)
         metrics = score_predictions(preds, list(grouping.names))
@@ -330,8 +328,6 @@ def erm_reference(cfg: TrialConfig, device: str, log: Callable[[str], None]) -> 
         if other.get("method") != "erm":
             raise ConfigError(f"--erm {str(folder)!r} is a {other.get('method')!r} run, not an erm run")
         return pd.read_parquet(folder / PREDICTIONS_ARTIFACT)
-    from noharm.methods import get_method
-
     shared = {k: v for k, v in cfg.hparams.items() if k in BUDGET_HPARAMS}
     log("training pooled ERM for the no-harm selection")
     erm_cfg = replace(cfg, method="erm", hparams=shared, selectors=(), erm_predictions=None)

@@ -143,3 +143,40 @@ def test_installed_wheel_works_beside_a_foreign_datasets_package(wheel, tmp_path
     assert run.returncode == 0, run.stderr[-2000:]
     path, rows = run.stdout.split()
     assert path.startswith(str(site)) and int(rows) == 1000
+
+
+def local_imports(path: Path) -> list[tuple[int, str]]:
+    """Function-local imports of a file that are neither marked `# lazy: why` nor a probe inside `try`."""
+    source = path.read_text()
+    lines = source.splitlines()
+    tree = ast.parse(source)
+    parent = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+    found = []
+    for node in ast.walk(tree):
+        if not isinstance(node, (ast.Import, ast.ImportFrom)):
+            continue
+        chain, up = [], parent.get(node)
+        while up is not None:
+            chain.append(up)
+            up = parent.get(up)
+        in_function = any(isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) for n in chain)
+        probe = any(isinstance(n, ast.Try) for n in chain)
+        if in_function and not probe and "# lazy" not in lines[node.lineno - 1]:
+            found.append((node.lineno, lines[node.lineno - 1].strip()))
+    return found
+
+
+def test_bench_library_imports_at_module_level():
+    """bench's library modules import at the top; a function-local import says why (`# lazy: ...`).
+    The CLI's command modules are exempt: they defer heavy imports to `run` on purpose (commands/__init__)."""
+    offenders = [f"{p.relative_to(ROOT)}:{n}: {line}" for p in (ROOT / "bench").rglob("*.py")
+                 if not {"perf", "commands"} & set(p.relative_to(ROOT).parts) and p.name != "cli.py"
+                 for n, line in local_imports(p)]
+    assert offenders == []
+
+
+def test_local_import_rule_flags_unmarked_imports(tmp_path):
+    path = tmp_path / "m.py"
+    path.write_text("import os\n\ndef f():\n    import json\n    import ray  # lazy: env first\n"
+                    "    try:\n        import grpc\n    except ImportError:\n        pass\n")
+    assert local_imports(path) == [(4, "import json")]

@@ -71,7 +71,7 @@ def _current_cluster() -> str | None:
     `ray.init(address="auto")` finds it; None when there is none."""
     # Imported here: Ray reads its environment when imported, and preflight runs before the sweep sets it.
     # (Ray has no public function for this lookup.)
-    from ray._private.services import get_ray_address_from_environment
+    from ray._private.services import get_ray_address_from_environment  # lazy: see above
 
     try:
         return get_ray_address_from_environment("auto", None)

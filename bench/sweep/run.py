@@ -25,6 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import mlflow  # noqa: F401  (configures its logger on import; quiet_loggers lowers it)
+import optuna
+
 from noharm.analysis.record import EVALUATE, SEARCH, TAG
 from noharm.bench.sweep.keys import CODE_VERSION
 from noharm.bench.sweep.lease import LeaseHeld, lease_record, lock_local_store
@@ -88,9 +91,6 @@ def prepare_environment(address: str | None, out: Path) -> Path | None:
 
 def quiet_loggers() -> None:
     """MLflow's table creation, Alembic's migrations, Optuna's study notes and Tune's notes stay quiet."""
-    import mlflow  # noqa: F401  (configures its logger on import; lower it afterwards)
-    import optuna
-
     for name in ("mlflow", "alembic", "ray", "filelock"):
         logging.getLogger(name).setLevel(logging.WARNING)
     # Tune warns about result files we do not write (auto loggers are off); its errors still show.
@@ -109,7 +109,9 @@ def ray_temp_dir(out: Path) -> Path:
 
 def searcher_from_store(suite: Suite, tracker: Tracker, invocation: str):
     """A searcher rebuilt from what MLflow holds after a sweep, with this invocation's FAILED runs as failures."""
-    from noharm.bench.sweep.searcher import Failure, SweepSearcher, prior_search_results
+    from noharm.bench.sweep.searcher import (  # lazy: Ray reads its environment when imported (prepare_environment first)
+        Failure, SweepSearcher, prior_search_results,
+    )
 
     finished = tracker.finished_index(suite.name)
     prior = prior_search_results([r for (stage, _), r in finished.items() if stage == SEARCH], suite, CODE_VERSION)
@@ -133,7 +135,7 @@ def tune_storage(out: Path, ray_tmp: Path | None) -> Path:
 
 def start_ray(address: str | None) -> bool:
     """Start a local Ray on 127.0.0.1, or join `address`; returns True when this call started it."""
-    import ray
+    import ray  # lazy: Ray reads its environment when imported (prepare_environment first)
 
     if ray.is_initialized():
         return False
@@ -197,11 +199,11 @@ def _run_locked(suite: Suite, out: Path, tracker: Tracker, exp_name: str, addres
     ray_tmp = prepare_environment(address, out)
     # Imported only now, on purpose: Ray reads its environment (set just above) when imported, and the
     # searcher and trainables import Ray.
-    from ray import tune
+    from ray import tune  # lazy: see above
 
-    from noharm.bench.sweep.progress import Progress
-    from noharm.bench.sweep.searcher import SweepSearcher, prior_search_results
-    from noharm.bench.sweep.trials import tune_trainable
+    from noharm.bench.sweep.progress import Progress  # lazy: see above
+    from noharm.bench.sweep.searcher import SweepSearcher, prior_search_results  # lazy: see above
+    from noharm.bench.sweep.trials import tune_trainable  # lazy: see above
 
     quiet_loggers()
     uri = tracker.uri
@@ -261,7 +263,7 @@ def _run_locked(suite: Suite, out: Path, tracker: Tracker, exp_name: str, addres
             tracker.close_invocation(suite.name, invocation, status="FAILED" if searcher.is_done() else "KILLED")
     finally:
         if started:
-            import ray
+            import ray  # lazy: imported by start_ray already; Ray reads its environment when imported
 
             ray.shutdown()
         if ray_tmp is not None:

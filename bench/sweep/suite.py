@@ -35,6 +35,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from noharm.bench.errors import ConfigError
+from noharm.bench.objectives import canonical
+from noharm.datasets import DATASETS, DatasetError, get_dataset
+from noharm.methods import METHODS
+from noharm.methods.hparams import HparamError, resolve
+from noharm.methods.selection import STRATEGIES
 from noharm.settings import PRECISION, SELECTION_METRIC
 
 ALL = "all"
@@ -213,8 +218,6 @@ def parse_suite(raw: Any, source: str = "<suite>", data_root: str | os.PathLike 
 
 def _expand_methods(raw: Any, source: str, errors: list[str]) -> list[dict[str, Any]]:
     """`all`, or a list of names / `all` / {name: {hparams}} items, into MethodEntry dicts."""
-    from noharm.methods import METHODS
-
     if raw is None:
         errors.append(f"{source}: methods: missing; list method names or write `methods: all`")
         return []
@@ -294,12 +297,6 @@ def _model_at(loc: tuple) -> type[BaseModel] | None:
 
 def _check_registries(suite: Suite, source: str) -> list[str]:
     """Names and values checked against the dataset and method registries, one line per mistake."""
-    from noharm.bench.objectives import canonical
-    from noharm.datasets import DATASETS, DatasetError
-    from noharm.methods import METHODS
-    from noharm.methods.hparams import HparamError, resolve
-    from noharm.methods.selection import STRATEGIES
-
     errors: list[str] = []
     if not suite.datasets:
         errors.append(f"{source}: datasets: empty grid; list at least one dataset")
@@ -389,8 +386,6 @@ def _check_registries(suite: Suite, source: str) -> list[str]:
 
 def _resolve_roots(suite: Suite, data_root: str | os.PathLike | None) -> Suite:
     """Absolute dataset roots: relative ones anchored at data_root, missing ones `<data_root>/<name>`."""
-    from noharm.datasets import DATASETS
-
     entries = []
     for entry in suite.datasets:
         options = dict(entry.options)
@@ -412,8 +407,6 @@ def check_files(suite: Suite) -> None:
 
     Called before any trial starts, so a wrong --data-root fails in a second.
     """
-    from noharm.datasets import DatasetError, get_dataset
-
     for entry in suite.datasets:
         options = entry.resolved_options
         try:
