@@ -2,8 +2,8 @@
 
 Run by hand (sequentially; each trial is seconds to a minute on a 2-core CPU):
 
-    PYTHONPATH=. python -m bench.perf.defaults_check --out /tmp/defaults.jsonl            # measure
-    PYTHONPATH=. python -m bench.perf.defaults_check --out /tmp/defaults.jsonl --append   # table -> RESULTS.md
+    .venv/bin/python -m noharm.bench.perf.defaults_check --out /tmp/defaults.jsonl            # measure
+    .venv/bin/python -m noharm.bench.perf.defaults_check --out /tmp/defaults.jsonl --append   # table -> RESULTS.md
 
 Each (method, dataset) runs `run_trial` with no hyperparameter set (the dataset's declared budget, if
 any, and the method's declared defaults) on seed 0, and records per candidate and group the test share

@@ -2,7 +2,7 @@
 
 Run by hand from the repository root:
 
-    .venv/bin/python -m bench.perf.end_to_end [--n 400] [--sizes 64 224] [--precisions fp32 bf16]
+    .venv/bin/python -m noharm.bench.perf.end_to_end [--n 400] [--sizes 64 224] [--precisions fp32 bf16]
 
 Work on both sides: a UTKFace-layout folder of `--n` JPEG faces (200x200, the release's size), one
 published split (a CSV given to noharm as `--option split_file=...` and read by the bare script),

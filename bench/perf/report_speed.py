@@ -2,7 +2,7 @@
 
 Run by hand from the repository root:
 
-    .venv/bin/python -m bench.perf.report_speed --source results/mlflow.db --experiment default --runs 5000
+    .venv/bin/python -m noharm.bench.perf.report_speed --source results/mlflow.db --experiment default --runs 5000
 
 Copies the FINISHED evaluate and compose runs of the source experiment (tags, params, metrics) into a
 new store as many times as needed to reach `--runs`, shifting `noharm.seed` by the number of source

@@ -2,7 +2,7 @@
 
 Run by hand from the repository root (give PYTHONPATH of another checkout to measure it instead):
 
-    .venv/bin/python -m bench.perf.store_size SUITE.yaml [--out DIR] [--label before] [--code /other/checkout]
+    .venv/bin/python -m noharm.bench.perf.store_size SUITE.yaml [--out DIR] [--label before] [--code /other/checkout]
 
 Runs `noharm run SUITE --out DIR` (unless DIR already holds a finished sweep), then sums the files
 under DIR/artifacts per run, grouped by the run's stage and by artifact name. Appends a table to
