@@ -1,5 +1,6 @@
 """MLflow -> one tidy DataFrame, through MLflow's own search API (`MlflowClient.search_runs`), or, for a
-`sqlite:` store, four read-only SELECTs on the store's tables (`sqlite_runs`: the same runs, ten times faster).
+`sqlite:` store, a few read-only SELECTs on the store's tables (`sqlite_experiment_runs`: the same runs, ten
+times faster, without importing MLflow).
 
 Reads what a sweep leaves in an experiment (README.md, "What a sweep leaves in MLflow"): runs tagged
 `noharm.stage` (search / evaluate / compose / stress), `noharm.dataset`,
@@ -160,7 +161,7 @@ def search_all(client, experiment_id: str) -> list:
 
 @dataclass(frozen=True)
 class StoredRun:
-    """What the report reads of one MLflow run: the same from MLflow's search API and from `sqlite_runs`."""
+    """What the report reads of one MLflow run: the same from MLflow's search API and `sqlite_experiment_runs`."""
 
     run_id: str
     status: str
@@ -177,26 +178,28 @@ def stored_run(run) -> StoredRun:
                      dict(run.data.tags), dict(run.data.params), dict(run.data.metrics))
 
 
-# The tables and columns of MLflow's SQL tracking store that `sqlite_runs` reads
-# (mlflow/store/tracking/dbmodels/models.py: SqlRun, SqlTag, SqlParam, SqlLatestMetric).
-SQL_COLUMNS = {"runs": ("run_uuid", "status", "start_time", "artifact_uri", "experiment_id", "lifecycle_stage"),
+# The tables and columns of MLflow's SQL tracking store that `sqlite_experiment_runs` reads
+# (mlflow/store/tracking/dbmodels/models.py: SqlExperiment, SqlRun, SqlTag, SqlParam, SqlLatestMetric).
+SQL_COLUMNS = {"experiments": ("experiment_id", "name", "lifecycle_stage"),
+               "runs": ("run_uuid", "status", "start_time", "artifact_uri", "experiment_id", "lifecycle_stage"),
                "tags": ("run_uuid", "key", "value"), "params": ("run_uuid", "key", "value"),
                "latest_metrics": ("run_uuid", "key", "value", "is_nan")}
 _ACTIVE_RUNS = "SELECT run_uuid FROM runs WHERE experiment_id = ? AND lifecycle_stage = 'active'"
 
 
-def sqlite_runs(db: Path, experiment_id: str) -> list[StoredRun] | None:
-    """Every active run of the experiment, read from the `sqlite:` store's file; None when its tables are not
-    the ones this reader knows (the caller then uses MLflow's search API).
+def sqlite_experiment_runs(db: Path, experiment: str) -> tuple[str, list[StoredRun]] | None:
+    """(experiment id, every active run) of an active experiment, read from the file of a `sqlite:` store;
+    None when the file, the experiment or the tables are not what this reader knows (the caller then goes
+    through MLflow's API, which also says what is wrong).
 
     Why not MLflow's API here: `MlflowClient.search_runs` goes through SQLAlchemy's ORM, which builds one
-    object per metric, param and tag and expires each when its read-only session commits: ~75% of the
-    report's collection time (2 s of the default suite's 828 runs; ~20 s at 5,000 runs), where these four
-    SELECTs take a tenth of that. They read what `SqlRun.to_mlflow_entity` reads (a run's
-    latest metrics, its params and tags; NaN where `is_nan`), from a read-only connection inside one
-    transaction (one snapshot, should a sweep be writing); the columns are checked first, so a future
-    schema falls back to the API instead of misreading. tests/test_report_fast_path.py holds both paths to
-    the same frames.
+    object per metric, param and tag and expires each when its read-only session commits, and opening the
+    store imports MLflow and checks its schema with alembic. That was 3.5 s of the default suite's report
+    (828 runs) and grows to ~20 s at 5,000 runs; these SELECTs take a tenth of it. They read what
+    `SqlRun.to_mlflow_entity` reads (a run's latest metrics, its params and tags; NaN where `is_nan`) through
+    a read-only connection inside one transaction (one snapshot, should a sweep be writing). The columns are
+    checked first, so a store of another schema goes through the API instead of being misread.
+    tests/test_report_fast_path.py holds both paths to the same runs, frames and report bytes.
     """
     try:
         con = sqlite3.connect(f"{db.absolute().as_uri()}?mode=ro", uri=True, isolation_level=None)
@@ -207,9 +210,13 @@ def sqlite_runs(db: Path, experiment_id: str) -> list[StoredRun] | None:
             have = {row[1] for row in con.execute(f"PRAGMA table_info({table})")}
             if not set(columns) <= have:
                 return None
-        exp = int(experiment_id)
         with _collector_paused():
             con.execute("BEGIN")
+            found = con.execute("SELECT experiment_id FROM experiments WHERE name = ? AND lifecycle_stage = 'active'",
+                                (experiment,)).fetchall()
+            if len(found) != 1:
+                return None
+            exp = found[0][0]
             runs = {run_id: (status, start, artifacts or "", {}, {}, {}) for run_id, status, start, artifacts in
                     con.execute("SELECT run_uuid, status, start_time, artifact_uri FROM runs "
                                 "WHERE experiment_id = ? AND lifecycle_stage = 'active'", (exp,))}
@@ -222,21 +229,11 @@ def sqlite_runs(db: Path, experiment_id: str) -> list[StoredRun] | None:
                     (exp,)):
                 runs[run_id][5][key] = math.nan if is_nan else value
             con.execute("COMMIT")
-            return [StoredRun(run_id, *fields) for run_id, fields in runs.items()]
-    except (sqlite3.Error, ValueError):
+            return str(exp), [StoredRun(run_id, *fields) for run_id, fields in runs.items()]
+    except sqlite3.Error:
         return None
     finally:
         con.close()
-
-
-def read_runs(client, experiment_id: str, tracking_uri: str) -> list[StoredRun]:
-    """Every active run of the experiment: straight from the file of a `sqlite:` store, else (or when that
-    store's tables are not the ones `sqlite_runs` knows) through MLflow's search API."""
-    db = sqlite_path(tracking_uri)
-    runs = sqlite_runs(db, experiment_id) if db is not None else None
-    if runs is None:
-        runs = [stored_run(r) for r in search_all(client, experiment_id)]
-    return runs
 
 
 def _groups(tags: dict[str, str]) -> list[str]:
@@ -406,10 +403,14 @@ def _stress_file(client, run: StoredRun, tmp: Path) -> Path | None:
     return Path(client.download_artifacts(run_id, STRESS_ARTIFACT, str(tmp / run_id)))
 
 
-def _stress_frame(client, runs: list[StoredRun]) -> pd.DataFrame:
+def _stress_frame(tracking_uri: str, runs: list[StoredRun], client=None) -> pd.DataFrame:
     frames = []
     with tempfile.TemporaryDirectory(prefix="noharm-report-") as tmp, _quiet_downloads():
         for run in runs:
+            if client is None and local_artifact_dir(run.artifact_uri) is None:
+                from mlflow.tracking import MlflowClient
+
+                client = MlflowClient(tracking_uri=tracking_uri)
             path = _stress_file(client, run, Path(tmp))
             if path is not None:
                 frames.append(_read_stress(pd.read_parquet(path), run.run_id))
@@ -428,11 +429,21 @@ def collect(experiment: str, tracking_uri: str | None = None, stress: bool = Tru
     strategy, seed) keep the oldest, as the sweep's resume does. Rows are sorted,
     so the same store always gives the same frames.
     """
-    import mlflow
+    if tracking_uri:
+        uri = tracking_uri
+    else:
+        import mlflow
 
-    uri = tracking_uri or mlflow.get_tracking_uri()
-    client, exp = open_experiment(experiment, uri)
-    all_runs = read_runs(client, str(exp.experiment_id), uri)
+        uri = mlflow.get_tracking_uri()
+    db = sqlite_path(uri)
+    found = sqlite_experiment_runs(db, experiment) if db is not None and db.is_file() else None
+    client = None
+    if found is not None:
+        experiment_id, all_runs = found
+    else:  # any other store, or a sqlite store this reader does not know: MLflow's API (and its error messages)
+        client, exp = open_experiment(experiment, uri)
+        experiment_id = str(exp.experiment_id)
+        all_runs = [stored_run(r) for r in search_all(client, experiment_id)]
     records = [run_record(r) for r in all_runs]
     by_id = {r.run_id: r for r in all_runs}
     runs = pd.DataFrame(records, columns=list(RUN_COLUMNS))
@@ -464,8 +475,8 @@ def collect(experiment: str, tracking_uri: str | None = None, stress: bool = Tru
                              "split", "metric", "group", "run"], kind="mergesort").reset_index(drop=True)
     reference = reference_params(usable, by_id)
     stress_runs = [by_id[r] for r in runs[(runs["status"] == "FINISHED") & (runs["stage"] == "stress")]["run"]]
-    stress_rows = _stress_frame(client, stress_runs) if stress else pd.DataFrame(columns=["run", *STRESS_COLUMNS])
-    return Collection(experiment=experiment, experiment_id=str(exp.experiment_id), tracking_uri=uri, tidy=tidy,
+    stress_rows = _stress_frame(uri, stress_runs, client) if stress else pd.DataFrame(columns=["run", *STRESS_COLUMNS])
+    return Collection(experiment=experiment, experiment_id=experiment_id, tracking_uri=uri, tidy=tidy,
                       runs=runs, stress=stress_rows, notes=notes, reference=reference)
 
 

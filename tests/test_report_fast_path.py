@@ -1,7 +1,8 @@
 """The report's fast paths give what the slow paths gave (issue 17.4: the report at paper scale, output unchanged).
 
-- The store read with four SELECTs (`analysis.collect.sqlite_runs`) against MLflow's search API: the same runs,
-  the same frames, the same report bytes; an unknown schema falls back to the API.
+- The store read with a few SELECTs (`analysis.collect.sqlite_experiment_runs`) against MLflow's search API: the
+  same runs, the same frames, the same report bytes, without importing MLflow; an unknown schema falls back to
+  the API.
 - Stress artifacts read in place against downloaded through MLflow.
 - The plots against the hashes of the fixed store's plots as written before the speed-up
   (tests/golden/analysis/plots.sha256). After an intended change of the figures, regenerate them with
@@ -17,13 +18,15 @@ import hashlib
 import math
 import os
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
 import analysis.collect as collect_mod
-from analysis.collect import (StoredRun, collect, local_artifact_dir, search_all, sqlite_path, sqlite_runs,
+from analysis.collect import (StoredRun, collect, local_artifact_dir, search_all, sqlite_experiment_runs, sqlite_path,
                               stored_run)
 from tests.test_analysis_store import analysis_collection, analysis_report, analysis_store, new_experiment  # noqa: F401
 
@@ -45,16 +48,18 @@ def _plain(run: StoredRun) -> tuple:
 @pytest.fixture
 def search_api_only(monkeypatch):
     """collect() as before the fast path: every store through MLflow's search API."""
-    monkeypatch.setattr(collect_mod, "sqlite_runs", lambda db, experiment_id: None)
+    monkeypatch.setattr(collect_mod, "sqlite_experiment_runs", lambda db, experiment: None)
 
 
-def test_the_fixed_store_is_read_by_sql(analysis_store):
-    from analysis.collect import open_experiment
-
+def test_the_fixed_store_is_read_by_sql_without_importing_mlflow(analysis_store, analysis_collection):
     uri = analysis_store[0]
-    _, exp = open_experiment("fixed", uri)
-    runs = sqlite_runs(sqlite_path(uri), exp.experiment_id)
-    assert runs is not None and len(runs) == 30 + 36 + 5 + 1 + 1  # evaluate, compose, stress, search, failed
+    found = sqlite_experiment_runs(sqlite_path(uri), "fixed")
+    assert found is not None and found[0] == analysis_collection.experiment_id
+    assert len(found[1]) == 30 + 36 + 5 + 1 + 1  # evaluate, compose, stress, search, failed
+    code = ("import sys; from analysis.collect import collect; "
+            f"col = collect('fixed', {uri!r}); print(len(col.tidy), 'mlflow' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == [str(len(analysis_collection.tidy)), "False"]
 
 
 def test_sql_read_gives_the_frames_of_the_search_api(analysis_store, analysis_collection, search_api_only):
@@ -76,7 +81,7 @@ def test_sql_read_matches_the_search_api_run_by_run(analysis_store):
     from mlflow.entities import Metric, Param, RunTag
 
     uri = analysis_store[0]
-    client, exp, _ = new_experiment(uri, "fast-path")
+    client, exp, name = new_experiment(uri, "fast-path")
     other, other_exp, _ = new_experiment(uri, "fast-path-other")
     kept = []
     for i, status in enumerate(("FINISHED", "FAILED", "RUNNING")):
@@ -94,9 +99,11 @@ def test_sql_read_matches_the_search_api_run_by_run(analysis_store):
     other.create_run(other_exp, run_name="elsewhere")
     db = sqlite_path(uri)
     before = db.read_bytes()
-    fast = sorted(sqlite_runs(db, exp), key=lambda r: r.run_id)
+    exp_id, fast = sqlite_experiment_runs(db, name)
+    fast = sorted(fast, key=lambda r: r.run_id)
     slow = sorted((stored_run(r) for r in search_all(client, exp)), key=lambda r: r.run_id)
     assert db.read_bytes() == before  # read-only
+    assert exp_id == exp
     assert [_plain(r) for r in fast] == [_plain(r) for r in slow]
     assert sorted(r.run_id for r in fast) == sorted(kept)
     one = next(r for r in fast if r.tags["noharm.seed"] == "2")
@@ -109,11 +116,21 @@ def test_an_unknown_schema_falls_back_to_the_search_api(tmp_path):
     odd = tmp_path / "odd.db"
     with sqlite3.connect(odd) as con:
         con.execute("CREATE TABLE runs (run_uuid TEXT, status TEXT)")
-    assert sqlite_runs(odd, "0") is None
+    assert sqlite_experiment_runs(odd, "fixed") is None
     junk = tmp_path / "junk.db"
     junk.write_bytes(b"not a database" * 100)
-    assert sqlite_runs(junk, "0") is None
-    assert sqlite_runs(tmp_path / "missing.db", "0") is None
+    assert sqlite_experiment_runs(junk, "fixed") is None
+    assert sqlite_experiment_runs(tmp_path / "missing.db", "fixed") is None
+
+
+def test_a_missing_or_deleted_experiment_is_left_to_mlflow(analysis_store):
+    from mlflow.tracking import MlflowClient
+
+    uri = analysis_store[0]
+    assert sqlite_experiment_runs(sqlite_path(uri), "no-such-experiment") is None
+    client, exp, name = new_experiment(uri, "deleted")
+    MlflowClient(tracking_uri=uri).delete_experiment(exp)
+    assert sqlite_experiment_runs(sqlite_path(uri), name) is None
 
 
 def test_stress_artifacts_read_in_place_equal_the_downloaded_ones(analysis_store, analysis_collection, monkeypatch):
