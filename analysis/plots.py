@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 
 from analysis import stats
-from analysis.tables import (AGGREGATES, ERM, METRIC_NAMES, METRICS, Protocol, ordered_entries, paired_values,
-                             task_slug, task_title)
+from analysis.tables import (AGGREGATES, ERM, METRIC_NAMES, METRICS, Protocol, group_positions, ordered_entries,
+                             paired_values, task_slug, task_title)
 
 FORMATS = ("png", "svg")
 DPI = 110
@@ -71,9 +71,10 @@ def difference_intervals(tidy: pd.DataFrame, protocol: Protocol = Protocol()) ->
     pv = pv[~((pv["method"] == ERM) & (pv["stage"] == "evaluate"))]
     rows = []
     keys = ["dataset", "target", "attribute", "entry", "metric", "group"]
-    for key, part in pv.groupby(keys, sort=True):
-        ci = stats.t_interval(part["value"] - part["erm"], protocol.level)
-        p = stats.harm_p_value(part["value"], part["erm"], protocol.test)
+    value, erm = pv["value"].to_numpy(), pv["erm"].to_numpy()
+    for key, at in group_positions(pv, keys):
+        ci = stats.t_interval(value[at] - erm[at], protocol.level)
+        p = stats.harm_p_value(value[at], erm[at], protocol.test)
         rows.append({**dict(zip(keys, key)), "diff": ci.mean, "low": ci.low, "high": ci.high, "n": ci.n,
                      "p_value": p, "harmed": bool(not math.isnan(p) and p < protocol.alpha and ci.mean < 0)})
     return pd.DataFrame(rows, columns=[*keys, "diff", "low", "high", "n", "p_value", "harmed"])
