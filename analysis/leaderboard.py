@@ -19,8 +19,8 @@ from pathlib import Path
 import pandas as pd
 from scipy.stats import rankdata
 
-from analysis.collect import Collection, is_local, run_url
-from analysis.tables import AGGREGATES, TASK, Protocol, fmt, task_title
+from noharm.analysis.collect import Collection, is_local, run_url
+from noharm.analysis.tables import AGGREGATES, TASK, Protocol, fmt, task_title
 
 RANK_METRIC, RANK_GROUP = "auc", "worst"
 

@@ -12,8 +12,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from analysis import stats
-from analysis.tables import (AGGREGATES, ERM, METRIC_NAMES, METRICS, Protocol, group_positions, ordered_entries,
+from noharm.analysis import stats
+from noharm.analysis.tables import (AGGREGATES, ERM, METRIC_NAMES, METRICS, Protocol, group_positions, ordered_entries,
                              paired_values, task_slug, task_title)
 
 FORMATS = ("png", "svg")

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis import leaderboard, plots, tables
-from analysis.collect import AnalysisError, Collection, collect, iter_tasks, stage_counts
-from analysis.tables import Protocol, TableDoc
+from noharm.analysis import leaderboard, plots, tables
+from noharm.analysis.collect import AnalysisError, Collection, collect, iter_tasks, stage_counts
+from noharm.analysis.tables import Protocol, TableDoc
 
 
 @dataclass

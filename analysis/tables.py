@@ -17,8 +17,8 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from analysis import stats
-from analysis.collect import DIAG, Collection, iter_tasks
+from noharm.analysis import stats
+from noharm.analysis.collect import DIAG, Collection, iter_tasks
 
 TASK = ["dataset", "target", "attribute"]
 METRICS = ("acc", "auc")

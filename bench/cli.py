@@ -6,15 +6,15 @@ import argparse
 import importlib
 import sys
 
-from bench.commands import COMMANDS
-from bench.errors import ConfigError
+from noharm.bench.commands import COMMANDS
+from noharm.bench.errors import ConfigError
 
 EXIT_BAD_INPUT = 2
 
 
 def _bad_input_types() -> tuple[type[BaseException], ...]:
-    from datasets import DatasetError, UnknownNameError
-    from methods.hparams import HparamError
+    from noharm.datasets import DatasetError, UnknownNameError
+    from noharm.methods.hparams import HparamError
 
     return (ConfigError, DatasetError, UnknownNameError, HparamError, FileExistsError, FileNotFoundError)
 
@@ -26,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
-        importlib.import_module(f"bench.commands.{name}").add_parser(sub)
+        importlib.import_module(f"noharm.bench.commands.{name}").add_parser(sub)
     return parser
 
 

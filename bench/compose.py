@@ -18,10 +18,10 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from analysis import predictions as P
-from analysis.metrics import accuracy_by_group, group_table
-from bench.errors import ConfigError
-from methods.selection import STRATEGIES, UTILITY_WEIGHTING, SelectionResult, select
+from noharm.analysis import predictions as P
+from noharm.analysis.metrics import accuracy_by_group, group_table
+from noharm.bench.errors import ConfigError
+from noharm.methods.selection import STRATEGIES, UTILITY_WEIGHTING, SelectionResult, select
 
 SELECTED_PREFIX = "selected:"
 ERM_CANDIDATE = "erm"  # ERM's scores inside the composed table

@@ -6,8 +6,8 @@ import math
 
 import numpy as np
 
-from analysis.metrics import evaluate
-from bench.errors import ConfigError
+from noharm.analysis.metrics import evaluate
+from noharm.bench.errors import ConfigError
 
 ALIASES = {
     "worst_group_acc": "acc/worst",

@@ -40,7 +40,7 @@ from typing import Any, Iterable, Iterator
 
 import pandas as pd
 
-from bench.errors import ConfigError
+from noharm.bench.errors import ConfigError
 
 TAG = "noharm."
 # Well under the 15 s a user should wait for a dead server.
@@ -360,7 +360,7 @@ class Tracker:
 
 
 # --- stress support ---
-# Small helpers for `bench.stress` (distribution-shift stress tests of finished runs).
+# Small helpers for `bench.stress.run` (distribution-shift stress tests of finished runs).
 
 
 def open_existing(experiment: str, tracking_uri: str | None = None) -> Tracker:

@@ -22,14 +22,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from analysis import predictions as P
-from analysis.diagnostics import expert_diagnostics, feature_rows, warnings_text
-from analysis.metrics import evaluate
-from bench.errors import ConfigError
-from bench.objectives import canonical, make_objective
-from datasets import Grouping, get_dataset
-from methods import FitContext, TaskData, get_method
-from methods.batches import eval_batch_size
+from noharm.analysis import predictions as P
+from noharm.analysis.diagnostics import expert_diagnostics, feature_rows, warnings_text
+from noharm.analysis.metrics import evaluate
+from noharm.bench.errors import ConfigError
+from noharm.bench.objectives import canonical, make_objective
+from noharm.datasets import Grouping, get_dataset
+from noharm.methods import FitContext, TaskData, get_method
+from noharm.methods.batches import eval_batch_size
 
 SCORED_SPLITS = ("val", "test")
 # Splits a trial scores and stores by default (the scored ones); train is added for methods that declare
@@ -66,7 +66,7 @@ class TrialConfig:
         if self.selection_metric not in ("accuracy", "auc"):
             raise ConfigError(f"unknown selection metric {self.selection_metric!r}; choose accuracy or auc")
         if self.selectors:
-            from methods.selection import STRATEGIES
+            from noharm.methods.selection import STRATEGIES
 
             unknown = [s for s in self.selectors if s not in STRATEGIES]
             if unknown:
@@ -232,7 +232,7 @@ def run_trial(
     selection: dict[str, Any] = {}
     if cfg.selectors and cfg.method != "erm":
         erm_preds = erm_reference(cfg, device, log)
-        from bench.compose import compose
+        from noharm.bench.compose import compose
 
         preds, selection = compose(preds, erm_preds, list(cfg.selectors), metric=cfg.selection_metric,
                                    candidate=method_cls.expert_candidate)
@@ -291,7 +291,7 @@ def erm_reference(cfg: TrialConfig, device: str, log: Callable[[str], None]) -> 
         if other.get("method") != "erm":
             raise ConfigError(f"--erm {str(folder)!r} is a {other.get('method')!r} run, not an erm run")
         return pd.read_parquet(folder / "predictions.parquet")
-    from methods import get_method
+    from noharm.methods import get_method
 
     shared = {k: v for k, v in cfg.hparams.items() if k in BUDGET_HPARAMS}
     log("training pooled ERM for the no-harm selection")

@@ -1,8 +1,8 @@
 """What a sample is: tables of (x, y, sensitive attributes, split), one registered loader per dataset."""
 
-from datasets.base import DataBundle, DatasetError, GroupDataset
-from datasets.grouping import Grouping
-from datasets.registry import Registry, UnknownNameError
+from noharm.datasets.base import DataBundle, DatasetError, GroupDataset
+from noharm.datasets.grouping import Grouping
+from noharm.registry import Registry, UnknownNameError
 
 DATASETS: Registry[type[GroupDataset]] = Registry("dataset", entry_point_group="noharm.datasets")
 register_dataset = DATASETS.register
@@ -14,7 +14,7 @@ def get_dataset(name: str, **options) -> GroupDataset:
 
 
 # Built-in datasets (embedded and real-data loaders) register themselves on import.
-from datasets import (  # noqa: E402,F401
+from noharm.datasets import (  # noqa: E402,F401
     acs_income, adult, bank, celeba, compas, digits_shift, fairface, fitzpatrick17k, german, ham10000, harvard_gf,
     mimic_cxr, utkface,
 )

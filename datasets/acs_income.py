@@ -33,11 +33,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from datasets import register_dataset
-from datasets.base import DatasetError
-from datasets.image_dataset import int_option
-from datasets.table_cache import load_or_build_table
-from datasets.tabular import TabularFileDataset, TabularRows, check_values, keep_rows, numeric_column, require_columns
+from noharm.datasets import register_dataset
+from noharm.datasets.base import DatasetError
+from noharm.datasets.image_dataset import int_option
+from noharm.datasets.table_cache import load_or_build_table
+from noharm.datasets.tabular import TabularFileDataset, TabularRows, check_values, keep_rows, numeric_column, require_columns
 
 STATE_CODES = {
     "AL": 1, "AK": 2, "AZ": 4, "AR": 5, "CA": 6, "CO": 8, "CT": 9, "DE": 10, "FL": 12, "GA": 13, "HI": 15,

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from datasets import register_dataset
-from datasets.base import DataBundle, DatasetError, GroupDataset
-from datasets.splits import stratified_assign
-from datasets.tabular import embedded_file, encode_features
+from noharm.datasets import register_dataset
+from noharm.datasets.base import DataBundle, DatasetError, GroupDataset
+from noharm.datasets.splits import stratified_assign
+from noharm.datasets.tabular import embedded_file, encode_features
 
 COLUMNS = [
     "age", "workclass", "fnlwgt", "education", "education-num", "marital-status",

@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from datasets import register_dataset
-from datasets.image_dataset import bool_option
-from datasets.tabular import (
+from noharm.datasets import register_dataset
+from noharm.datasets.image_dataset import bool_option
+from noharm.datasets.tabular import (
     TabularFileDataset,
     TabularRows,
     check_values,

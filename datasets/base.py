@@ -117,7 +117,7 @@ class GroupDataset(ABC):
         """The split file's split of these samples (one DatasetError line when the file does not fit), else `default`."""
         if not self.split_file:
             return default
-        from datasets.splits import splits_from_file
+        from noharm.datasets.splits import splits_from_file
 
         return splits_from_file(self.split_file, np.asarray(sample_ids), self.name, self.split_id_column)
 

@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from datasets import register_dataset
-from datasets.base import DatasetError
-from datasets.image_dataset import FACE_IMAGE_SIZE, ImageDataset, Samples
-from datasets.image_files import find_first, list_files, plain
+from noharm.datasets import register_dataset
+from noharm.datasets.base import DatasetError
+from noharm.datasets.image_dataset import FACE_IMAGE_SIZE, ImageDataset, Samples
+from noharm.datasets.image_files import find_first, list_files, plain
 
 ATTRIBUTES_40 = (
     "5_o_Clock_Shadow", "Arched_Eyebrows", "Attractive", "Bags_Under_Eyes", "Bald", "Bangs", "Big_Lips",

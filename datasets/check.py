@@ -14,10 +14,10 @@ from typing import Any
 
 import pandas as pd
 
-from datasets import DATASETS
-from datasets.base import SPLITS, DatasetError
-from datasets.grouping import Grouping
-from datasets.image_dataset import ImageDataset
+from noharm.datasets import DATASETS
+from noharm.datasets.base import SPLITS, DatasetError
+from noharm.datasets.grouping import Grouping
+from noharm.datasets.image_dataset import ImageDataset
 
 MIN_GROUP_SIZE = 10  # the trial's default: below it, per-group metrics are noise
 

@@ -28,9 +28,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from datasets import register_dataset
-from datasets.base import DatasetError
-from datasets.tabular import (
+from noharm.datasets import register_dataset
+from noharm.datasets.base import DatasetError
+from noharm.datasets.tabular import (
     TabularFileDataset, TabularRows, check_values, keep_rows, numeric_column,
     require_columns,
 )

@@ -24,9 +24,9 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from datasets import register_dataset
-from datasets.base import DataBundle, DatasetError, GroupDataset
-from datasets.splits import stratified_assign
+from noharm.datasets import register_dataset
+from noharm.datasets.base import DataBundle, DatasetError, GroupDataset
+from noharm.datasets.splits import stratified_assign
 
 TINT = (1.0, 0.8, 0.5)
 

@@ -16,11 +16,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from datasets import register_dataset
-from datasets.base import DatasetError
-from datasets.image_dataset import FACE_IMAGE_SIZE, ImageDataset, Samples
-from datasets.image_files import check_values, read_table
-from datasets.splits import stratified_assign
+from noharm.datasets import register_dataset
+from noharm.datasets.base import DatasetError
+from noharm.datasets.image_dataset import FACE_IMAGE_SIZE, ImageDataset, Samples
+from noharm.datasets.image_files import check_values, read_table
+from noharm.datasets.splits import stratified_assign
 
 CSVS = {"train": "fairface_label_train.csv", "val": "fairface_label_val.csv"}
 GENDERS = {"Male": 0, "Female": 1}

@@ -14,10 +14,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from datasets import register_dataset
-from datasets.base import DatasetError
-from datasets.image_dataset import ImageDataset, Samples
-from datasets.image_files import check_values, list_files, plain, read_table
+from noharm.datasets import register_dataset
+from noharm.datasets.base import DatasetError
+from noharm.datasets.image_dataset import ImageDataset, Samples
+from noharm.datasets.image_files import check_values, list_files, plain, read_table
 
 METADATA = "fitzpatrick17k.csv"
 PARTITIONS = {"benign", "malignant", "non-neoplastic"}

@@ -13,9 +13,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from datasets import register_dataset
-from datasets.base import DatasetError
-from datasets.tabular import TabularDataset, TabularRows, embedded_file
+from noharm.datasets import register_dataset
+from noharm.datasets.base import DatasetError
+from noharm.datasets.tabular import TabularDataset, TabularRows, embedded_file
 
 # The 20 attributes of german.data in file order (names after the UCI documentation), then the class.
 COLUMNS = [

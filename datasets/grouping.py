@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from datasets.base import DatasetError
+from noharm.datasets.base import DatasetError
 
 # Joins attribute values into an intersectional group name. Chosen so names are
 # valid MLflow metric-name fragments (no '+', '=' or '&' allowed there).

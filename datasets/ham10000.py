@@ -14,10 +14,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from datasets import register_dataset
-from datasets.base import DatasetError
-from datasets.image_dataset import ImageDataset, Samples
-from datasets.image_files import check_values, find_first, list_files, read_table
+from noharm.datasets import register_dataset
+from noharm.datasets.base import DatasetError
+from noharm.datasets.image_dataset import ImageDataset, Samples
+from noharm.datasets.image_files import check_values, find_first, list_files, read_table
 
 METADATA = "HAM10000_metadata.csv"
 IMAGE_FOLDERS = ("HAM10000_images_part_1", "HAM10000_images_part_2", "HAM10000_images")

@@ -21,9 +21,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageOps
 
-from datasets import register_dataset
-from datasets.base import DatasetError
-from datasets.image_dataset import GREY_MEAN, GREY_STD, ImageDataset, Samples
+from noharm.datasets import register_dataset
+from noharm.datasets.base import DatasetError
+from noharm.datasets.image_dataset import GREY_MEAN, GREY_STD, ImageDataset, Samples
 
 # Fixed scaling of thickness to uint8: RNFLT beyond 350 um is physiologically implausible and
 # negative values mark missing measurements, so both ends are clipped.

@@ -17,10 +17,10 @@ from typing import Any, Callable, ClassVar
 import numpy as np
 import pandas as pd
 
-from datasets.base import DataBundle, DatasetError, GroupDataset
-from datasets.image_cache import default_cache_dir, load_or_build
-from datasets.image_files import decode_image
-from datasets.splits import grouped_assign, stratified_assign
+from noharm.datasets.base import DataBundle, DatasetError, GroupDataset
+from noharm.datasets.image_cache import default_cache_dir, load_or_build
+from noharm.datasets.image_files import decode_image
+from noharm.datasets.splits import grouped_assign, stratified_assign
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageOps
 
-from datasets.base import DatasetError
+from noharm.datasets.base import DatasetError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 

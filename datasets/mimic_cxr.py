@@ -25,10 +25,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from datasets import register_dataset
-from datasets.base import DatasetError
-from datasets.image_dataset import GREY_MEAN, GREY_STD, ImageDataset, Samples, int_option
-from datasets.image_files import check_values, find_first, read_table
+from noharm.datasets import register_dataset
+from noharm.datasets.base import DatasetError
+from noharm.datasets.image_dataset import GREY_MEAN, GREY_STD, ImageDataset, Samples, int_option
+from noharm.datasets.image_files import check_values, find_first, read_table
 
 PREFIX = "mimic-cxr-2.0.0-"
 TABLES = {"metadata": "metadata.csv.gz", "chexpert": "chexpert.csv.gz", "split": "split.csv.gz"}

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from datasets.base import SPLITS, DatasetError
+from noharm.datasets.base import SPLITS, DatasetError
 
 
 def _check_fractions(fractions: tuple[float, ...]) -> np.ndarray:

@@ -25,7 +25,7 @@ from typing import Callable, Sequence
 
 import pandas as pd
 
-from datasets.image_cache import build_lock, cache_key, default_cache_dir
+from noharm.datasets.image_cache import build_lock, cache_key, default_cache_dir
 
 # Bump when the layout or the meaning of the settings changes.
 TABLE_CACHE_FORMAT = 1

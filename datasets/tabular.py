@@ -21,8 +21,8 @@ import pandas as pd
 from sklearn.compose import ColumnTransformer
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-from datasets.base import DataBundle, DatasetError, GroupDataset
-from datasets.splits import stratified_assign
+from noharm.datasets.base import DataBundle, DatasetError, GroupDataset
+from noharm.datasets.splits import stratified_assign
 
 SHOWN_VALUES = 8  # allowed values named in an "unexpected value" message
 

@@ -18,10 +18,10 @@ import re
 import numpy as np
 import pandas as pd
 
-from datasets import register_dataset
-from datasets.base import DatasetError
-from datasets.image_dataset import FACE_IMAGE_SIZE, ImageDataset, Samples
-from datasets.image_files import list_files
+from noharm.datasets import register_dataset
+from noharm.datasets.base import DatasetError
+from noharm.datasets.image_dataset import FACE_IMAGE_SIZE, ImageDataset, Samples
+from noharm.datasets.image_files import list_files
 
 # age, gender, race, capture time; then .jpg, optionally followed by .chip.jpg.
 NAME = re.compile(r"^(\d{1,3})_(\d+)_(\d+)_(\d+)\.jpg(?:\.chip\.jpg)?$", re.IGNORECASE)

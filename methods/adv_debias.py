@@ -32,12 +32,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from methods import register_method
-from methods.base import FitContext, TaskData
-from methods.batches import Batch
-from methods.hparams import Choice, Int, LogFloat
-from methods.provenance import Provenance
-from methods.training import TRAINING_HPARAMS, Classifier, TorchMethod, autocast
+from noharm.methods import register_method
+from noharm.methods.base import FitContext, TaskData
+from noharm.methods.batches import Batch
+from noharm.methods.hparams import Choice, Int, LogFloat
+from noharm.methods.provenance import Provenance
+from noharm.methods.training import TRAINING_HPARAMS, Classifier, TorchMethod, autocast
 
 
 def projected_update(grad_pred: torch.Tensor, grad_adv: torch.Tensor, alpha: float, eps: float = 1e-12) -> torch.Tensor:

@@ -15,12 +15,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from methods import register_method
-from methods.base import TaskData
-from methods.batches import Batch
-from methods.gradient_reversal import GradientReversal
-from methods.hparams import Bool, Int, LogFloat
-from methods.training import TRAINING_HPARAMS, TorchMethod
+from noharm.methods import register_method
+from noharm.methods.base import TaskData
+from noharm.methods.batches import Batch
+from noharm.methods.gradient_reversal import GradientReversal
+from noharm.methods.hparams import Bool, Int, LogFloat
+from noharm.methods.training import TRAINING_HPARAMS, TorchMethod
 
 
 def ramp(progress: float, gamma: float = 10.0) -> float:

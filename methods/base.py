@@ -9,7 +9,7 @@ from typing import Any, Callable, ClassVar, Mapping
 import numpy as np
 import torch
 
-from methods.hparams import Param, resolve
+from noharm.methods.hparams import Param, resolve
 
 
 @dataclass

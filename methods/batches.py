@@ -9,8 +9,8 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from datasets.augment import apply_augment
-from methods.base import TaskData
+from noharm.datasets.augment import apply_augment
+from noharm.methods.base import TaskData
 
 # Inputs smaller than this are copied to the device once; larger ones are
 # sliced per batch from the (memory-mapped) array.

@@ -20,10 +20,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from methods import register_method
-from methods.base import TaskData
-from methods.batches import Batch
-from methods.training import TRAINING_HPARAMS, TorchMethod
+from noharm.methods import register_method
+from noharm.methods.base import TaskData
+from noharm.methods.batches import Batch
+from noharm.methods.training import TRAINING_HPARAMS, TorchMethod
 
 
 class GroupHeads(nn.Module):

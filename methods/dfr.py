@@ -40,15 +40,15 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.multiclass import OneVsRestClassifier
 from sklearn.preprocessing import StandardScaler
 
-from datasets.base import DatasetError
-from methods import register_method
-from methods.base import FitContext, Predictor, TaskData
-from methods.batches import Batch
-from methods.hparams import Bool, Choice, Int, LogFloat
-from methods.linear_layer import full_classes, linear_to_logits, load_standardised
-from methods.provenance import Provenance
-from methods.sampling import BALANCE, cell_ids
-from methods.training import TRAINING_HPARAMS, TorchMethod, TorchPredictor, train
+from noharm.datasets.base import DatasetError
+from noharm.methods import register_method
+from noharm.methods.base import FitContext, Predictor, TaskData
+from noharm.methods.batches import Batch
+from noharm.methods.hparams import Bool, Choice, Int, LogFloat
+from noharm.methods.linear_layer import full_classes, linear_to_logits, load_standardised
+from noharm.methods.provenance import Provenance
+from noharm.methods.sampling import BALANCE, cell_ids
+from noharm.methods.training import TRAINING_HPARAMS, TorchMethod, TorchPredictor, train
 
 # The paper's grid of inverse L1 strengths.
 C_GRID = (1.0, 0.7, 0.3, 0.1, 0.07, 0.03, 0.01)

@@ -1,8 +1,8 @@
 """Pooled empirical risk minimisation: the baseline every group is compared against."""
 
-from methods import register_method
-from methods.hparams import Choice
-from methods.training import TRAINING_HPARAMS, TorchMethod
+from noharm.methods import register_method
+from noharm.methods.hparams import Choice
+from noharm.methods.training import TRAINING_HPARAMS, TorchMethod
 
 
 @register_method("erm")

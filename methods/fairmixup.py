@@ -37,12 +37,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from methods import register_method
-from methods.base import FitContext, TaskData
-from methods.batches import Batch
-from methods.hparams import Choice, Float, LogFloat
-from methods.provenance import Provenance
-from methods.training import TRAINING_HPARAMS, TorchMethod
+from noharm.methods import register_method
+from noharm.methods.base import FitContext, TaskData
+from noharm.methods.batches import Batch
+from noharm.methods.hparams import Choice, Float, LogFloat
+from noharm.methods.provenance import Provenance
+from noharm.methods.training import TRAINING_HPARAMS, TorchMethod
 
 
 def cross_group_pairs(group: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

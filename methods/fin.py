@@ -20,12 +20,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from methods import register_method
-from methods.base import TaskData
-from methods.batches import Batch
-from methods.hparams import Float
-from methods.provenance import Provenance
-from methods.training import TRAINING_HPARAMS, TorchMethod
+from noharm.methods import register_method
+from noharm.methods.base import TaskData
+from noharm.methods.batches import Batch
+from noharm.methods.hparams import Float
+from noharm.methods.provenance import Provenance
+from noharm.methods.training import TRAINING_HPARAMS, TorchMethod
 
 # The reference's initialisation scales (its --fin_mu and --fin_sigma defaults).
 INIT_MU_STD = 0.01

@@ -45,14 +45,14 @@ import torch.nn.functional as F
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
-from datasets.augment import AUGMENTATIONS, apply_augment
-from methods import register_method
-from methods.base import FitContext, Predictor, TaskData
-from methods.batches import Batch, BatchSource
-from methods.hparams import Bool, Choice, Int, LogFloat
-from methods.linear_layer import full_classes, linear_to_logits, load_standardised
-from methods.provenance import Provenance
-from methods.training import TRAINING_HPARAMS, TorchMethod, TorchPredictor, train, use_channels_last
+from noharm.datasets.augment import AUGMENTATIONS, apply_augment
+from noharm.methods import register_method
+from noharm.methods.base import FitContext, Predictor, TaskData
+from noharm.methods.batches import Batch, BatchSource
+from noharm.methods.hparams import Bool, Choice, Int, LogFloat
+from noharm.methods.linear_layer import full_classes, linear_to_logits, load_standardised
+from noharm.methods.provenance import Provenance
+from noharm.methods.training import TRAINING_HPARAMS, TorchMethod, TorchPredictor, train, use_channels_last
 
 # The reference's base temperature (the loss is scaled by t / t_base).
 BASE_TEMPERATURE = 0.07

@@ -31,13 +31,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from methods import register_method
-from methods.base import FitContext, TaskData
-from methods.batches import Batch
-from methods.hparams import Choice, HparamError, LogFloat
-from methods.provenance import Provenance
-from methods.sampling import balanced_draw, cell_ids, inverse_frequency_weights
-from methods.training import TRAINING_HPARAMS, TorchMethod
+from noharm.methods import register_method
+from noharm.methods.base import FitContext, TaskData
+from noharm.methods.batches import Batch
+from noharm.methods.hparams import Choice, HparamError, LogFloat
+from noharm.methods.provenance import Provenance
+from noharm.methods.sampling import balanced_draw, cell_ids, inverse_frequency_weights
+from noharm.methods.training import TRAINING_HPARAMS, TorchMethod
 
 FAIRNESS = ("dp", "eopp", "eodds")
 

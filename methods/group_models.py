@@ -24,12 +24,12 @@ import torch
 import torch.nn as nn
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, roc_auc_score
 
-from datasets.base import DatasetError
-from methods import register_method
-from methods.base import FitContext, Predictor, TaskData
-from methods.batches import BatchSource
-from methods.hparams import Choice
-from methods.training import TRAINING_HPARAMS, TorchMethod, autocast, train
+from noharm.datasets.base import DatasetError
+from noharm.methods import register_method
+from noharm.methods.base import FitContext, Predictor, TaskData
+from noharm.methods.batches import BatchSource
+from noharm.methods.hparams import Choice
+from noharm.methods.training import TRAINING_HPARAMS, TorchMethod, autocast, train
 
 HIDDEN_SPLIT = "other"  # split label of the rows a group's model must not see
 

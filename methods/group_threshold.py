@@ -32,12 +32,12 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from datasets.base import DatasetError
-from methods import register_method
-from methods.base import FitContext, Predictor, TaskData
-from methods.batches import Batch
-from methods.hparams import Choice, Float, HparamError, Int
-from methods.training import TRAINING_HPARAMS, Classifier, TorchMethod, TorchPredictor, train
+from noharm.datasets.base import DatasetError
+from noharm.methods import register_method
+from noharm.methods.base import FitContext, Predictor, TaskData
+from noharm.methods.batches import Batch
+from noharm.methods.hparams import Choice, Float, HparamError, Int
+from noharm.methods.training import TRAINING_HPARAMS, Classifier, TorchMethod, TorchPredictor, train
 
 OBJECTIVES = ("acc", "bal_acc")
 CONSTRAINTS = ("none", "dp", "eopp")

@@ -23,13 +23,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from methods import register_method
-from methods.base import FitContext, TaskData
-from methods.batches import Batch
-from methods.hparams import Choice, Float, LogFloat
-from methods.provenance import Provenance
-from methods.sampling import BALANCE, cell_ids
-from methods.training import TRAINING_HPARAMS, TorchMethod
+from noharm.methods import register_method
+from noharm.methods.base import FitContext, TaskData
+from noharm.methods.batches import Batch
+from noharm.methods.hparams import Choice, Float, LogFloat
+from noharm.methods.provenance import Provenance
+from noharm.methods.sampling import BALANCE, cell_ids
+from noharm.methods.training import TRAINING_HPARAMS, TorchMethod
 
 
 def group_mean_losses(losses: torch.Tensor, group: torch.Tensor, n_groups: int) -> tuple[torch.Tensor, torch.Tensor]:

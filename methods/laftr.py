@@ -33,14 +33,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from datasets.base import DatasetError
-from methods import register_method
-from methods.base import FitContext, TaskData
-from methods.batches import Batch
-from methods.gradient_reversal import GradientReversal
-from methods.hparams import Choice, Float, HparamError, Int
-from methods.provenance import Provenance
-from methods.training import TRAINING_HPARAMS, TorchMethod
+from noharm.datasets.base import DatasetError
+from noharm.methods import register_method
+from noharm.methods.base import FitContext, TaskData
+from noharm.methods.batches import Batch
+from noharm.methods.gradient_reversal import GradientReversal
+from noharm.methods.hparams import Choice, Float, HparamError, Int
+from noharm.methods.provenance import Provenance
+from noharm.methods.training import TRAINING_HPARAMS, TorchMethod
 
 OBJECTIVES = ("dp", "eqodds", "eqopp")
 

@@ -14,11 +14,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from methods import register_method
-from methods.base import FitContext, TaskData
-from methods.provenance import Provenance
-from methods.sampling import BALANCE_HPARAM, balanced_draw, cell_ids, inverse_frequency_weights
-from methods.training import TRAINING_HPARAMS, TorchMethod
+from noharm.methods import register_method
+from noharm.methods.base import FitContext, TaskData
+from noharm.methods.provenance import Provenance
+from noharm.methods.sampling import BALANCE_HPARAM, balanced_draw, cell_ids, inverse_frequency_weights
+from noharm.methods.training import TRAINING_HPARAMS, TorchMethod
 
 
 @register_method("resample")

@@ -14,12 +14,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from methods import register_method
-from methods.base import FitContext, TaskData
-from methods.batches import Batch
-from methods.provenance import Provenance
-from methods.sampling import BALANCE_HPARAM, cell_ids, inverse_frequency_weights
-from methods.training import TRAINING_HPARAMS, TorchMethod
+from noharm.methods import register_method
+from noharm.methods.base import FitContext, TaskData
+from noharm.methods.batches import Batch
+from noharm.methods.provenance import Provenance
+from noharm.methods.sampling import BALANCE_HPARAM, cell_ids, inverse_frequency_weights
+from noharm.methods.training import TRAINING_HPARAMS, TorchMethod
 
 
 @register_method("reweight")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from methods.hparams import Choice, HparamError
+from noharm.methods.hparams import Choice, HparamError
 
 BALANCE = ("group", "group_label")
 # Declared once; `resample` and `reweight` both take it.

@@ -17,10 +17,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from methods.backbones import BACKBONES, build_backbone
-from methods.base import FitContext, Method, Predictor, TaskData
-from methods.batches import Batch, BatchSource, eval_batch_size
-from methods.hparams import Choice, Float, Int, LogFloat, Param, Text
+from noharm.methods.backbones import BACKBONES, build_backbone
+from noharm.methods.base import FitContext, Method, Predictor, TaskData
+from noharm.methods.batches import Batch, BatchSource, eval_batch_size
+from noharm.methods.hparams import Choice, Float, Int, LogFloat, Param, Text
 
 # Declared once; methods extend this dict (`{**TRAINING_HPARAMS, ...}`).
 TRAINING_HPARAMS: dict[str, Param] = {

@@ -23,7 +23,7 @@ torch.set_num_threads(1)
 def make_task(kind: str = "tabular", n: int = 400, n_groups: int = 2, num_classes: int = 2, seed: int = 0,
               dim: int = 8, image_size: int = 8):
     """A small synthetic TaskData whose label depends on the group (so experts can beat pooled models)."""
-    from methods.base import TaskData
+    from noharm.methods.base import TaskData
 
     rng = np.random.default_rng(seed)
     group = rng.integers(0, n_groups, n)

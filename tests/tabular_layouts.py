@@ -226,8 +226,8 @@ def assert_one_line_error(load, check_argv: list[str], expected: str, capsys) ->
     """`load()` raises one DatasetError line containing `expected`; `noharm <check_argv>` exits 2 printing it."""
     import pytest
 
-    from bench.cli import main
-    from datasets import DatasetError
+    from noharm.bench.cli import main
+    from noharm.datasets import DatasetError
 
     with pytest.raises(DatasetError) as err:
         load()

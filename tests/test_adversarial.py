@@ -10,11 +10,11 @@ import torch
 import torch.nn.functional as F
 from sklearn.linear_model import LogisticRegression
 
-from methods import FitContext, get_method
-from methods.adv_debias import Adversary, projected_update
-from methods.batches import BatchSource
-from methods.gradient_reversal import GradientReversal, reverse_gradient
-from methods.hparams import HparamError
+from noharm.methods import FitContext, get_method
+from noharm.methods.adv_debias import Adversary, projected_update
+from noharm.methods.batches import BatchSource
+from noharm.methods.gradient_reversal import GradientReversal, reverse_gradient
+from noharm.methods.hparams import HparamError
 from tests.conftest import make_task
 
 FAST = {"backbone": "mlp", "hidden": 32, "batch_size": 64}

@@ -28,7 +28,7 @@ def _hashes(folder: Path) -> dict[str, str]:
 
 
 def test_second_report_changes_nothing(analysis_store, analysis_report, tmp_path, capsys):
-    from bench.cli import main
+    from noharm.bench.cli import main
 
     uri, _ = analysis_store
     out = tmp_path / "report"
@@ -61,7 +61,7 @@ def test_plots_carry_no_dates_or_versions(analysis_report):
 
 
 def test_pareto_front():
-    from analysis.plots import pareto_front
+    from noharm.analysis.plots import pareto_front
 
     gap = [0.10, 0.05, 0.20, 0.05, 0.02, float("nan")]
     acc = [0.85, 0.80, 0.90, 0.78, 0.70, 0.99]
@@ -156,7 +156,7 @@ def test_leaderboard_page_renders_in_headless_chromium(analysis_report, analysis
 
 
 def test_report_without_stress_runs_skips_the_stress_table_with_a_note(analysis_collection, tmp_path, monkeypatch):
-    import analysis.report as report_mod
+    import noharm.analysis.report as report_mod
 
     empty = dataclasses.replace(analysis_collection, stress=analysis_collection.stress.iloc[0:0])
     monkeypatch.setattr(report_mod, "collect", lambda experiment, uri: empty)
@@ -175,7 +175,7 @@ def test_report_without_stress_runs_skips_the_stress_table_with_a_note(analysis_
     (["--experiment", "fixed", "--tracking-uri", "sqlite:///MISSING/mlflow.db"], "no MLflow store at"),
 ])
 def test_bad_input_is_one_line_and_exit_2(analysis_store, tmp_path, capsys, args, message):
-    from bench.cli import main
+    from noharm.bench.cli import main
 
     uri, _ = analysis_store
     (tmp_path / "file.txt").write_text("x")
@@ -190,8 +190,8 @@ def test_bad_input_is_one_line_and_exit_2(analysis_store, tmp_path, capsys, args
 
 
 def test_experiment_without_finished_evaluate_runs_is_refused(tmp_path, analysis_store):
-    from analysis.collect import AnalysisError
-    from analysis.report import write_report
+    from noharm.analysis.collect import AnalysisError
+    from noharm.analysis.report import write_report
 
     client, exp, name = new_experiment(analysis_store[0], "empty")
     run = client.create_run(exp, tags={"noharm.stage": "evaluate", "noharm.method": "erm"})

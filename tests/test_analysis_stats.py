@@ -1,4 +1,4 @@
-"""analysis.stats against scipy on known numbers, and its edge cases."""
+"""noharm.analysis.stats against scipy on known numbers, and its edge cases."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats as st
 
-from analysis import stats
+from noharm.analysis import stats
 
 
 def test_t_interval_matches_scipy_and_a_hand_computed_value():

@@ -230,7 +230,7 @@ def analysis_store(tmp_path_factory):
 @pytest.fixture(scope="session")
 def analysis_report(analysis_store, tmp_path_factory):
     """The report of the fixed store, written once per test process: (Report, out folder)."""
-    from analysis.report import write_report
+    from noharm.analysis.report import write_report
 
     def make():
         out = tmp_path_factory.mktemp("analysis-report") / "report"
@@ -241,7 +241,7 @@ def analysis_report(analysis_store, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def analysis_collection(analysis_store):
-    from analysis.collect import collect
+    from noharm.analysis.collect import collect
 
     return _once("collection", lambda: collect("fixed", analysis_store[0]))
 
@@ -257,7 +257,7 @@ def new_experiment(uri: str, prefix: str) -> tuple[object, str, str]:
 
 # ---- tests of analysis.collect ------------------------------------------------------------------
 def test_tidy_table_holds_every_number_with_real_group_names(analysis_collection, analysis_store):
-    from analysis.collect import TIDY_COLUMNS
+    from noharm.analysis.collect import TIDY_COLUMNS
 
     _, truth = analysis_store
     tidy = analysis_collection.tidy
@@ -307,7 +307,7 @@ def test_failed_runs_are_counted_and_stress_rows_read(analysis_collection):
 
 
 def test_metric_names_map_back_and_match_the_sweep_sanitiser():
-    from analysis.collect import metric_fragment, parse_metric
+    from noharm.analysis.collect import metric_fragment, parse_metric
 
     groups = ["standard x (dark)", "a/b", "Female x White"]
     lookup = {metric_fragment(g): g for g in groups}
@@ -319,7 +319,7 @@ def test_metric_names_map_back_and_match_the_sweep_sanitiser():
     assert parse_metric("cost/wall_seconds", lookup) == ("cost", "", "wall_seconds", "overall")
     assert parse_metric("epoch/train_loss", lookup) is None and parse_metric("objective", lookup) is None
     try:
-        from bench.tracking import metric_name
+        from noharm.bench.tracking import metric_name
     except ImportError:  # the sweep's writer is optional for the analysis
         return
     for g in [*groups, "x=1", "(a), b", ".", "p+q"]:
@@ -327,7 +327,7 @@ def test_metric_names_map_back_and_match_the_sweep_sanitiser():
 
 
 def test_missing_store_and_experiment_say_what_to_do(tmp_path, analysis_store):
-    from analysis.collect import AnalysisError, collect
+    from noharm.analysis.collect import AnalysisError, collect
 
     missing = tmp_path / "nowhere" / "mlflow.db"
     with pytest.raises(AnalysisError, match="no MLflow store at .*mlflow.db.*point it at"):
@@ -338,7 +338,7 @@ def test_missing_store_and_experiment_say_what_to_do(tmp_path, analysis_store):
 
 
 def test_stress_artifact_without_the_agreed_columns_is_rejected(tmp_path, analysis_store):
-    from analysis.collect import AnalysisError, collect
+    from noharm.analysis.collect import AnalysisError, collect
 
     client, exp, name = new_experiment(analysis_store[0], "bad-stress")
     path = tmp_path / "stress.parquet"
@@ -349,7 +349,7 @@ def test_stress_artifact_without_the_agreed_columns_is_rejected(tmp_path, analys
 
 
 def test_expert_signatures_and_reference_recipe(analysis_collection):
-    from analysis.tables import expert_signatures, reference_text
+    from noharm.analysis.tables import expert_signatures, reference_text
 
     sig = expert_signatures(analysis_collection.tidy).set_index(["dataset", "entry"])
     for t, (dataset, _, _, groups) in enumerate(TASKS):
@@ -365,7 +365,7 @@ def test_expert_signatures_and_reference_recipe(analysis_collection):
 
 
 def test_experts_taken_counts_every_compose_choice(analysis_collection):
-    from analysis.tables import experts_taken
+    from noharm.analysis.tables import experts_taken
 
     taken = experts_taken(analysis_collection.tidy).set_index(["dataset", "strategy"])
     for dataset, _, _, groups in TASKS:

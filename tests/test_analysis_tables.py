@@ -108,7 +108,7 @@ def test_harm_mark_appears_exactly_where_the_paired_test_says(analysis_report, a
 
 
 def test_other_levels_and_tests_move_the_marks(analysis_collection, analysis_store):
-    from analysis import tables
+    from noharm.analysis import tables
 
     _, truth = analysis_store
     loose = tables.to_markdown(tables.comparison(analysis_collection, tables.Protocol(alpha=0.25)))
@@ -156,7 +156,7 @@ def test_stress_table_is_the_mean_over_stressed_runs(analysis_report):
 
 
 def test_no_stress_runs_gives_no_stress_table_but_a_note(analysis_collection):
-    from analysis import tables
+    from noharm.analysis import tables
 
     col = dataclasses.replace(analysis_collection, stress=analysis_collection.stress.iloc[0:0])
     doc = tables.stress(col)
@@ -164,7 +164,7 @@ def test_no_stress_runs_gives_no_stress_table_but_a_note(analysis_collection):
 
 
 def test_writers_escape_and_align():
-    from analysis import tables
+    from noharm.analysis import tables
 
     assert tables.latex_escape("a_b & 5% #1 {x} ~ ^ ± †") == \
         r"a\_b \& 5\% \#1 \{x\} \textasciitilde{} \textasciicircum{} $\pm$ $^\dagger$"
@@ -182,7 +182,7 @@ def test_writers_escape_and_align():
 
 
 def test_bad_protocol_is_one_clear_line():
-    from analysis import tables
+    from noharm.analysis import tables
 
     with pytest.raises(ValueError, match="harm test level alpha must be in \\(0, 1\\), got 5"):
         tables.Protocol(alpha=5).validate()

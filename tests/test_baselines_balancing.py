@@ -7,11 +7,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from methods import FitContext, get_method
-from methods.batches import BatchSource
-from methods.hparams import HparamError
-from methods.sampling import balanced_draw, cell_ids, inverse_frequency_weights
-from methods.training import train
+from noharm.methods import FitContext, get_method
+from noharm.methods.batches import BatchSource
+from noharm.methods.hparams import HparamError
+from noharm.methods.sampling import balanced_draw, cell_ids, inverse_frequency_weights
+from noharm.methods.training import train
 from tests.conftest import make_task
 
 FAST = {"backbone": "mlp", "hidden": 16, "batch_size": 50, "epochs": 1}

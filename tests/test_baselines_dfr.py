@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from datasets.base import DatasetError
-from methods import FitContext, get_method
-from methods.base import TaskData
-from methods.dfr import C_GRID, balanced_subset, l1_logistic_regression, split_validation
-from methods.linear_layer import linear_to_logits
-from methods.training import train
+from noharm.datasets.base import DatasetError
+from noharm.methods import FitContext, get_method
+from noharm.methods.base import TaskData
+from noharm.methods.dfr import C_GRID, balanced_subset, l1_logistic_regression, split_validation
+from noharm.methods.linear_layer import linear_to_logits
+from noharm.methods.training import train
 from tests.conftest import make_task
 
 FAST = {"backbone": "mlp", "hidden": 16, "batch_size": 64, "epochs": 1, "repeats": 3}

@@ -7,9 +7,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from methods import FitContext, get_method
-from methods.batches import BatchSource
-from methods.fairmixup import cross_group_pairs, mixup_penalty, mixup_penalty_features
+from noharm.methods import FitContext, get_method
+from noharm.methods.batches import BatchSource
+from noharm.methods.fairmixup import cross_group_pairs, mixup_penalty, mixup_penalty_features
 from tests.conftest import make_task
 
 FAST = {"backbone": "mlp", "hidden": 16, "batch_size": 64, "epochs": 1}

@@ -7,9 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from methods import FitContext, get_method
-from methods.batches import BatchSource
-from methods.fin import FairIdentityNorm
+from noharm.methods import FitContext, get_method
+from noharm.methods.batches import BatchSource
+from noharm.methods.fin import FairIdentityNorm
 from tests.conftest import make_task
 
 FAST = {"backbone": "mlp", "hidden": 16, "batch_size": 32, "epochs": 3, "lr": 1e-2}

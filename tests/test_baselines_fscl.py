@@ -10,10 +10,10 @@ import torch
 import torch.nn.functional as F
 from sklearn.linear_model import LogisticRegression
 
-from bench.trial import TrialConfig, run_trial
-from methods import FitContext, get_method
-from methods.batches import BatchSource
-from methods.fscl import fair_supcon_loss
+from noharm.bench.trial import TrialConfig, run_trial
+from noharm.methods import FitContext, get_method
+from noharm.methods.batches import BatchSource
+from noharm.methods.fscl import fair_supcon_loss
 from tests.conftest import make_task
 
 FAST = {"backbone": "mlp", "hidden": 16, "batch_size": 64, "epochs": 1}

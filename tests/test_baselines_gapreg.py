@@ -7,11 +7,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from methods import FitContext, get_method
-from methods.base import TaskData
-from methods.batches import BatchSource
-from methods.gapreg import probability_gap
-from methods.hparams import HparamError
+from noharm.methods import FitContext, get_method
+from noharm.methods.base import TaskData
+from noharm.methods.batches import BatchSource
+from noharm.methods.gapreg import probability_gap
+from noharm.methods.hparams import HparamError
 from tests.conftest import make_task
 
 

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from datasets.base import DatasetError
-from methods import FitContext, get_method
-from methods.group_threshold import (candidate_thresholds, choose_thresholds, coordinate_offsets,
+from noharm.datasets.base import DatasetError
+from noharm.methods import FitContext, get_method
+from noharm.methods.group_threshold import (candidate_thresholds, choose_thresholds, coordinate_offsets,
                                      multiclass_objective)
-from methods.hparams import HparamError
+from noharm.methods.hparams import HparamError
 from tests.conftest import make_task
 
 FAST = {"backbone": "mlp", "hidden": 16, "batch_size": 64, "epochs": 1}

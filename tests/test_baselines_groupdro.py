@@ -7,9 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from methods import FitContext, get_method
-from methods.batches import BatchSource
-from methods.groupdro import group_mean_losses, update_group_weights
+from noharm.methods import FitContext, get_method
+from noharm.methods.batches import BatchSource
+from noharm.methods.groupdro import group_mean_losses, update_group_weights
 from tests.conftest import make_task
 
 FAST = {"backbone": "mlp", "hidden": 16, "batch_size": 64, "epochs": 1}
@@ -89,7 +89,7 @@ def test_adjustment_favours_the_smaller_group_at_equal_loss():
 
 
 def test_bad_eta_is_refused():
-    from methods.hparams import HparamError
+    from noharm.methods.hparams import HparamError
 
     with pytest.raises(HparamError, match="eta"):
         get_method("groupdro")({"eta": "fast"})

@@ -7,11 +7,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from datasets.base import DatasetError
-from methods import FitContext, get_method
-from methods.batches import BatchSource
-from methods.hparams import HparamError
-from methods.laftr import laftr_adversary_loss
+from noharm.datasets.base import DatasetError
+from noharm.methods import FitContext, get_method
+from noharm.methods.batches import BatchSource
+from noharm.methods.hparams import HparamError
+from noharm.methods.laftr import laftr_adversary_loss
 from tests.conftest import make_task
 
 FAST = {"backbone": "mlp", "hidden": 16, "batch_size": 64, "epochs": 1}

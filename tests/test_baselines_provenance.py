@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from bench.cli import main
-from methods import get_method
-from methods.provenance import Provenance
+from noharm.bench.cli import main
+from noharm.methods import get_method
+from noharm.methods.provenance import Provenance
 
 REVIEWED = ("fscl", "gapreg", "dfr", "fin", "groupdro", "resample", "reweight", "fairmixup", "laftr", "adv-debias")
 DOC = Path(__file__).resolve().parents[1] / "docs" / "baselines.md"

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from bench.cli import main
-from bench.trial import TrialConfig, run_trial
-from methods import FitContext, get_method
+from noharm.bench.cli import main
+from noharm.bench.trial import TrialConfig, run_trial
+from noharm.methods import FitContext, get_method
 from tests.conftest import make_task
 
 BASELINES = ("groupdro", "resample", "reweight", "laftr", "fscl", "fairmixup", "gapreg", "dfr", "fin", "group-threshold")

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from bench.cli import main
+from noharm.bench.cli import main
 
 
 def test_help_and_listings(capsys):

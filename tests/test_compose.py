@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis import predictions as P
-from bench.compose import compose
-from bench.errors import ConfigError
+from noharm.analysis import predictions as P
+from noharm.bench.compose import compose
+from noharm.bench.errors import ConfigError
 
 
 def one_hot_proba(pred: np.ndarray, confidence: float = 0.8) -> np.ndarray:

@@ -9,11 +9,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from datasets.base import DatasetError
-from methods import FitContext, get_method
-from methods.batches import Batch
-from methods.decoupled import GroupHeads, per_group_cross_entropy, route
-from methods.group_models import GroupModels, PriorModel
+from noharm.datasets.base import DatasetError
+from noharm.methods import FitContext, get_method
+from noharm.methods.batches import Batch
+from noharm.methods.decoupled import GroupHeads, per_group_cross_entropy, route
+from noharm.methods.group_models import GroupModels, PriorModel
 from tests.conftest import make_task
 
 FAST = {"backbone": "mlp", "hidden": 32, "batch_size": 32, "epochs": 2}
@@ -122,7 +122,7 @@ class Recording(GroupModels):
 
 def test_group_models_never_see_another_groups_rows(monkeypatch):
     task = make_task(n=300, n_groups=3)
-    import methods.group_models as gm
+    import noharm.methods.group_models as gm
 
     scored: list[int] = []
     make = gm.group_objective

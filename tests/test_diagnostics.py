@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import balanced_accuracy_score
 
-from analysis.diagnostics import (COLLAPSED_COSINE, between_class_cosine, expert_diagnostics, feature_rows,
+from noharm.analysis.diagnostics import (COLLAPSED_COSINE, between_class_cosine, expert_diagnostics, feature_rows,
                                   majority_share, warnings_text)
 
 

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from datasets import DATASETS, DatasetError, Grouping, UnknownNameError, get_dataset
-from datasets.adult import read_raw
+from noharm.datasets import DATASETS, DatasetError, Grouping, UnknownNameError, get_dataset
+from noharm.datasets.adult import read_raw
 
 
 @pytest.fixture(scope="module")

@@ -6,11 +6,11 @@ from dataclasses import asdict
 
 import pytest
 
-from bench.keys import trial_key
-from bench.suite import parse_suite
-from bench.sweep_trials import execute, keeps_model
-from bench.tracking import Tracker, default_uri
-from bench.trial import TrialConfig
+from noharm.bench.sweep.keys import trial_key
+from noharm.bench.sweep.suite import parse_suite
+from noharm.bench.sweep.trials import execute, keeps_model
+from noharm.bench.tracking import Tracker, default_uri
+from noharm.bench.trial import TrialConfig
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
@@ -32,14 +32,14 @@ def test_suite_options_default_and_validation():
     s = suite()
     assert s.keep_models == "evaluate" and s.train_predictions is False
     assert suite(keep_models="all", train_predictions=True).train_predictions is True
-    from bench.errors import ConfigError
+    from noharm.bench.errors import ConfigError
 
     with pytest.raises(ConfigError, match="keep_models"):
         suite(keep_models="some")
 
 
 def test_train_predictions_reach_the_trial_config():
-    from bench import grid
+    from noharm.bench.sweep import grid
 
     s = suite(train_predictions=True)
     cell = grid.cells(s)[0]
@@ -49,7 +49,7 @@ def test_train_predictions_reach_the_trial_config():
 
 @pytest.mark.parametrize("keep", ["evaluate", "all", "none"])
 def test_search_seed_copies_only_when_search_runs_have_models(keep):
-    from bench.sweep_searcher import SweepSearcher
+    from noharm.bench.sweep.searcher import SweepSearcher
 
     s = suite(keep_models=keep)
     searcher = SweepSearcher(s, {}, {})

@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from analysis import predictions as P
-from bench.trial import TrialConfig, run_trial
-from methods import FitContext, TaskData, get_method
-from methods.batches import EVAL_ACTIVATION_FACTOR, EVAL_BATCH_MAX, BatchSource, eval_batch_size
-from methods.erm import ERM
+from noharm.analysis import predictions as P
+from noharm.bench.trial import TrialConfig, run_trial
+from noharm.methods import FitContext, TaskData, get_method
+from noharm.methods.batches import EVAL_ACTIVATION_FACTOR, EVAL_BATCH_MAX, BatchSource, eval_batch_size
+from noharm.methods.erm import ERM
 
 CPU = torch.device("cpu")
 GB = 2**30

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from bench.trial import TrialConfig, run_trial
-from methods import FitContext, get_method
-from methods.base import TaskData
+from noharm.bench.trial import TrialConfig, run_trial
+from noharm.methods import FitContext, get_method
+from noharm.methods.base import TaskData
 
 DIGITS = dict(dataset="digits-shift", attribute="style", dataset_options={"image_size": 16})
 

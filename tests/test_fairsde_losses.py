@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from methods.fairsde.losses import (
+from noharm.methods.fairsde.losses import (
     diversity_loss,
     discriminator_loss,
     group_classification_loss,

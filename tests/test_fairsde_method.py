@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from bench.trial import TrialConfig, run_trial
-from methods import FitContext, get_method
-from methods.batches import BatchSource
-from methods.fairsde import FairSDE, FairSDEModel
-from methods.fairsde import losses as L
-from methods.hparams import HparamError, search_space
+from noharm.bench.trial import TrialConfig, run_trial
+from noharm.methods import FitContext, get_method
+from noharm.methods.batches import BatchSource
+from noharm.methods.fairsde import FairSDE, FairSDEModel
+from noharm.methods.fairsde import losses as L
+from noharm.methods.hparams import HparamError, search_space
 from tests.conftest import make_task
 
 ABLATIONS = {"fairsde-no-disc": "lambda_disc", "fairsde-no-virt": "lambda_virt", "fairsde-no-div": "lambda_div"}

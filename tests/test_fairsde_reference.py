@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from methods.fairsde import losses as L
+from noharm.methods.fairsde import losses as L
 
 TEMPERATURE = 0.07  # train.py --temperature default
 T_V = 0.1  # hard-coded in train.py's virtual-centre loss

@@ -1,6 +1,6 @@
 import pytest
 
-from methods.hparams import Bool, Choice, Float, HparamError, Int, LogFloat, Text, parse_assignments, resolve, search_space
+from noharm.methods.hparams import Bool, Choice, Float, HparamError, Int, LogFloat, Text, parse_assignments, resolve, search_space
 
 DECL = {
     "lr": LogFloat(1e-3, low=1e-5, high=1e-1),

@@ -1,4 +1,4 @@
-"""analysis.metrics cross-checked against scikit-learn, fairlearn and explicit references."""
+"""noharm.analysis.metrics cross-checked against scikit-learn, fairlearn and explicit references."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_matrix, roc_auc_score
 
-from analysis.metrics import (
+from noharm.analysis.metrics import (
     HIGHER_IS_BETTER,
     PER_GROUP_METRICS,
     accuracy_by_group,

@@ -10,12 +10,12 @@ import numpy as np
 import pandas as pd
 import torch.nn.functional as F
 
-from datasets import register_dataset
-from datasets.base import DataBundle, GroupDataset
-from datasets.splits import stratified_assign
-from methods import register_method
-from methods.hparams import Float
-from methods.training import TRAINING_HPARAMS, TorchMethod
+from noharm.datasets import register_dataset
+from noharm.datasets.base import DataBundle, GroupDataset
+from noharm.datasets.splits import stratified_assign
+from noharm.methods import register_method
+from noharm.methods.hparams import Float
+from noharm.methods.training import TRAINING_HPARAMS, TorchMethod
 
 
 @register_method("smoothed")
@@ -55,15 +55,15 @@ def test_entry_point_plugin_registers_method_and_dataset(tmp_path):
         {"noharm.methods": {"smoothed": "noharm_test_plugin"}, "noharm.datasets": {"blobs": "noharm_test_plugin"}},
     )
     env = env_with(site)
-    listed = subprocess.run([sys.executable, "-m", "bench.cli", "methods", "list", "-v"],
+    listed = subprocess.run([sys.executable, "-m", "noharm.bench.cli", "methods", "list", "-v"],
                             capture_output=True, text=True, env=env, check=True)
     assert "smoothed  ERM with label smoothing (test plugin)" in listed.stdout
     assert "smoothing: float, default 0.1, searched in [0, 0.3]" in listed.stdout
-    datasets = subprocess.run([sys.executable, "-m", "bench.cli", "datasets", "list"],
+    datasets = subprocess.run([sys.executable, "-m", "noharm.bench.cli", "datasets", "list"],
                               capture_output=True, text=True, env=env, check=True)
     assert "blobs  [tabular]" in datasets.stdout
     trial = subprocess.run(
-        [sys.executable, "-m", "bench.cli", "trial", "--dataset", "blobs", "--attribute", "side",
+        [sys.executable, "-m", "noharm.bench.cli", "trial", "--dataset", "blobs", "--attribute", "side",
          "--method", "smoothed", "--set", "epochs=10", "--set", "lr=0.01", "--set", "smoothing=0.2", "--quiet"],
         capture_output=True, text=True, env=env,
     )

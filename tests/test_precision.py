@@ -2,8 +2,8 @@
 
 import pytest
 
-from bench.errors import ConfigError
-from bench.trial import TrialConfig, run_trial
+from noharm.bench.errors import ConfigError
+from noharm.bench.trial import TrialConfig, run_trial
 
 DIGITS = {"epochs": 3, "backbone": "cnn", "batch_size": 64, "lr": 3e-3}
 # Stated tolerance (README, "Precision"): bf16's validation accuracy within 0.05 of fp32's.

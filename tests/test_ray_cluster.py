@@ -56,7 +56,7 @@ def test_suite_runs_on_a_head_node_with_an_mlflow_server(tmp_path_factory, tmp_p
         assert head.returncode == 0, head.stderr[-2000:]
         wait_healthy(url, server)
         run = subprocess.run(
-            [sys.executable, "-m", "bench.cli", "run", str(suite), "--out", str(out), "--address", f"127.0.0.1:{port}",
+            [sys.executable, "-m", "noharm.bench.cli", "run", str(suite), "--out", str(out), "--address", f"127.0.0.1:{port}",
              "--tracking-uri", url],
             env=env, capture_output=True, text=True, timeout=240,
         )
@@ -142,7 +142,7 @@ def test_a_lost_worker_node_is_survived_and_a_new_node_gets_work(tmp_path_factor
         lost = cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
         cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
         wait_healthy(url, server)
-        cmd = [sys.executable, "-m", "bench.cli", "run", str(suite), "--out", str(tmp_path / "out"),
+        cmd = [sys.executable, "-m", "noharm.bench.cli", "run", str(suite), "--out", str(tmp_path / "out"),
                "--address", cluster.address, "--tracking-uri", url, "--quiet"]
         driver = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         client = MlflowClient(url)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from datasets.augment import apply_augment, resized_crop_flip
+from noharm.datasets.augment import apply_augment, resized_crop_flip
 
 
 def ramp(b=64, c=3, s=16):

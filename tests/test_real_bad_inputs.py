@@ -11,9 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench.cli import main
-from datasets import DatasetError, get_dataset
-from datasets.image_files import decode_image
+from noharm.bench.cli import main
+from noharm.datasets import DatasetError, get_dataset
+from noharm.datasets.image_files import decode_image
 from tests import real_layouts as R
 from tests.test_real_datasets import WRITERS
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from datasets import get_dataset
-from datasets.image_cache import cache_folder, default_cache_dir, load_or_build
-from datasets.image_files import decode_image
+from noharm.datasets import get_dataset
+from noharm.datasets.image_cache import cache_folder, default_cache_dir, load_or_build
+from noharm.datasets.image_files import decode_image
 from tests import real_layouts as R
 
 SIZE = 16

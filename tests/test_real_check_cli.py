@@ -6,9 +6,9 @@ import math
 
 import pytest
 
-from bench.cli import main
-from bench.trial import TrialConfig, run_trial
-from datasets.check import check_dataset
+from noharm.bench.cli import main
+from noharm.bench.trial import TrialConfig, run_trial
+from noharm.datasets.check import check_dataset
 from tests import real_layouts as R
 
 

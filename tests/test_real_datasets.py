@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from datasets import DATASETS, DatasetError, Grouping, get_dataset
-from datasets.harvard_gf import RNFLT_RANGE_UM
-from datasets.image_files import decode_image
+from noharm.datasets import DATASETS, DatasetError, Grouping, get_dataset
+from noharm.datasets.harvard_gf import RNFLT_RANGE_UM
+from noharm.datasets.image_files import decode_image
 from tests import real_layouts as R
 
 SIZE = 16

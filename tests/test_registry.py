@@ -1,6 +1,6 @@
 import pytest
 
-from datasets.registry import Registry, UnknownNameError
+from noharm.registry import Registry, UnknownNameError
 
 
 def test_register_get_and_unknown_lists_choices():

@@ -1,6 +1,6 @@
 """The report's fast paths give what the slow paths gave (issue 17.4: the report at paper scale, output unchanged).
 
-- The store read with a few SELECTs (`analysis.collect.sqlite_experiment_runs`) against MLflow's search API: the
+- The store read with a few SELECTs (`noharm.analysis.collect.sqlite_experiment_runs`) against MLflow's search API: the
   same runs, the same frames, the same report bytes, without importing MLflow; an unknown schema falls back to
   the API.
 - Stress artifacts read in place against downloaded through MLflow.
@@ -25,8 +25,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-import analysis.collect as collect_mod
-from analysis.collect import (StoredRun, collect, local_artifact_dir, search_all, sqlite_experiment_runs, sqlite_path,
+import noharm.analysis.collect as collect_mod
+from noharm.analysis.collect import (StoredRun, collect, local_artifact_dir, search_all, sqlite_experiment_runs, sqlite_path,
                               stored_run)
 from tests.test_analysis_store import analysis_collection, analysis_report, analysis_store, new_experiment  # noqa: F401
 
@@ -56,7 +56,7 @@ def test_the_fixed_store_is_read_by_sql_without_importing_mlflow(analysis_store,
     found = sqlite_experiment_runs(sqlite_path(uri), "fixed")
     assert found is not None and found[0] == analysis_collection.experiment_id
     assert len(found[1]) == 30 + 36 + 5 + 1 + 1  # evaluate, compose, stress, search, failed
-    code = ("import sys; from analysis.collect import collect; "
+    code = ("import sys; from noharm.analysis.collect import collect; "
             f"col = collect('fixed', {uri!r}); print(len(col.tidy), 'mlflow' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == [str(len(analysis_collection.tidy)), "False"]
@@ -71,7 +71,7 @@ def test_sql_read_gives_the_frames_of_the_search_api(analysis_store, analysis_co
 
 
 def test_sql_read_and_search_api_report_the_same_bytes(analysis_store, analysis_report, tmp_path, search_api_only):
-    from analysis.report import write_report
+    from noharm.analysis.report import write_report
 
     write_report("fixed", analysis_store[0], tmp_path / "slow")
     assert _hashes(tmp_path / "slow") == _hashes(analysis_report[1])

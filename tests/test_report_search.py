@@ -4,7 +4,7 @@ import gc
 
 import pytest
 
-from analysis.collect import search_all
+from noharm.analysis.collect import search_all
 
 
 class Pages:

@@ -55,7 +55,7 @@ def test_resume_after_sigkill_completes_grid_exactly_once(tmp_path_factory, tmp_
                         max_concurrent=2)
     out = tmp_path / "out"
     db = out / "mlflow.db"
-    cmd = [sys.executable, "-m", "bench.cli", "run", str(suite), "--out", str(out)]
+    cmd = [sys.executable, "-m", "noharm.bench.cli", "run", str(suite), "--out", str(out)]
     # Grid: 3 cells searched (tiny-erm, group-models and ERM on `side`) x 2 trials; 6 cells x 3 seeds
     # evaluated; group-models composed with ERM on 2 attributes x 3 seeds.
     expected = {"search": 6, "evaluate": 18, "compose": 6}
@@ -133,7 +133,7 @@ def test_killed_during_search_and_resumed_equals_a_clean_sweep(tmp_path_factory,
                         datasets=[{"name": "tiny-blobs", "attributes": ["side"]}],
                         hparams={"epochs": 2, "hidden": 16}, search={"trials": 3}, max_concurrent=2)
     clean_out, resumed_out = tmp_path / "clean", tmp_path / "resumed"
-    cmd = [sys.executable, "-m", "bench.cli", "run", str(suite), "--quiet", "--out"]
+    cmd = [sys.executable, "-m", "noharm.bench.cli", "run", str(suite), "--quiet", "--out"]
     try:
         clean = subprocess.Popen(cmd + [str(clean_out)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                  text=True)

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from methods import selection
-from methods.selection import STRATEGIES, SelectionResult, select
+from noharm.methods import selection
+from noharm.methods.selection import STRATEGIES, SelectionResult, select
 
 # Values on a dyadic grid: exact in floating point, and coarse enough to produce ties.
 GRID = [k / 16 for k in range(17)]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy.stats import binomtest
 
-from methods.selection import (STRATEGIES, apply_blind, blind_report, evidence_from_counts, routing_accuracy,
+from noharm.methods.selection import (STRATEGIES, apply_blind, blind_report, evidence_from_counts, routing_accuracy,
                                safe_evidence, select, select_safe, sign_test_p_value, worst_case_p_value)
 
 

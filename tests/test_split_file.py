@@ -6,10 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench.cli import main
-from bench.keys import trial_key
-from bench.trial import TrialConfig
-from datasets import DatasetError, get_dataset
+from noharm.bench.cli import main
+from noharm.bench.sweep.keys import trial_key
+from noharm.bench.trial import TrialConfig
+from noharm.datasets import DatasetError, get_dataset
 from tests import real_layouts as R
 
 

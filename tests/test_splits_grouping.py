@@ -2,9 +2,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from datasets.base import DatasetError
-from datasets.grouping import Grouping
-from datasets.splits import grouped_assign, stratified_assign
+from noharm.datasets.base import DatasetError
+from noharm.datasets.grouping import Grouping
+from noharm.datasets.splits import grouped_assign, stratified_assign
 
 
 def _table(n=2000, seed=0):

@@ -9,11 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis import predictions as P
-from bench.cli import main
-from bench.errors import ConfigError
-from bench.stress import default_suite_path, load_stress_suite, parse_stress_suite
-from bench.stress_runner import COLUMNS
+from noharm.analysis import predictions as P
+from noharm.bench.cli import main
+from noharm.bench.errors import ConfigError
+from noharm.bench.stress.run import default_suite_path, load_stress_suite, parse_stress_suite
+from noharm.bench.stress.runner import COLUMNS
 
 
 def write_run(folder, method: str, seed: int = 0, attribute: str = "g", shift: float = 0.0):
@@ -123,8 +123,8 @@ def test_bad_yaml(tmp_path):
 
 
 def test_stress_over_an_mlflow_experiment(tmp_path):
-    from bench import tracking
-    from bench.stress import run_stress_for_experiment
+    from noharm.bench import tracking
+    from noharm.bench.stress.run import run_stress_for_experiment
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     tracker = tracking.Tracker.open(uri, "exp", artifact_location=str(tmp_path / "artifacts"))

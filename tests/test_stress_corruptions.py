@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bench.corruptions import CORRUPTIONS, PARAMETERS, corrupt, gaussian_blur, parameter
-from bench.errors import ConfigError
+from noharm.bench.stress.corruptions import CORRUPTIONS, PARAMETERS, corrupt, gaussian_blur, parameter
+from noharm.bench.errors import ConfigError
 
 
 def gray(n: int = 8, value: int = 128, side: int = 32) -> np.ndarray:

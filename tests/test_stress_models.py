@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from analysis import predictions as P
-from bench.errors import ConfigError
-from bench.stress import parse_stress_suite, stress_run_folders, write_outcome
-from bench.stress_models import PairRescorer, RunFolder
-from bench.trial import TrialConfig, run_trial, save_trial
+from noharm.analysis import predictions as P
+from noharm.bench.errors import ConfigError
+from noharm.bench.stress.run import parse_stress_suite, stress_run_folders, write_outcome
+from noharm.bench.stress.rescore import PairRescorer, RunFolder
+from noharm.bench.trial import TrialConfig, run_trial, save_trial
 
 TINY = {"epochs": 1, "backbone": "cnn", "batch_size": 128}
 

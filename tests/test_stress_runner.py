@@ -8,11 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis import predictions as P
-from bench.errors import ConfigError
-from bench.stress_runner import COLUMNS, StressData, StressSettings, run_scenarios
-from bench.stress_scenarios import BLOCK, block_rng, make_scenarios
-from methods.selection import select, select_safe
+from noharm.analysis import predictions as P
+from noharm.bench.errors import ConfigError
+from noharm.bench.stress.runner import COLUMNS, StressData, StressSettings, run_scenarios
+from noharm.bench.stress.scenarios import BLOCK, block_rng, make_scenarios
+from noharm.methods.selection import select, select_safe
 
 GROUPS = ("A", "B", "C")
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bench.errors import ConfigError
-from bench.stress_scenarios import (BLOCK, ScenarioSkipped, SplitView, block_rng, draw_strata, make_scenarios,
+from noharm.bench.errors import ConfigError
+from noharm.bench.stress.scenarios import (BLOCK, ScenarioSkipped, SplitView, block_rng, draw_strata, make_scenarios,
                                     shifted_prior)
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bench.stress_selection import ValStats, all_choices, choose, enumerate_ip
-from methods.selection import TOL, select, select_safe
+from noharm.bench.stress.selection import ValStats, all_choices, choose, enumerate_ip
+from noharm.methods.selection import TOL, select, select_safe
 
 
 def random_problems(rng, r: int, g: int, grid: bool = False):

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bench.errors import ConfigError
-from bench.suite import load_suite, parse_suite
+from noharm.bench.errors import ConfigError
+from noharm.bench.sweep.suite import load_suite, parse_suite
 
 SUITES = Path(__file__).resolve().parents[1] / "bench" / "suites"
 GOOD = {
@@ -224,7 +224,7 @@ def test_missing_file(tmp_path):
 
 
 def test_cli_bad_suite_exits_2_with_one_line(tmp_path, capsys):
-    from bench.cli import main
+    from noharm.bench.cli import main
 
     path = write(tmp_path, {**GOOD, "methods": ["erm", "nope"]})
     assert main(["run", str(path), "--out", str(tmp_path / "out")]) == 2
@@ -236,7 +236,7 @@ def test_cli_bad_suite_exits_2_with_one_line(tmp_path, capsys):
 # ---- methods: all, overrides, roots -----------------------------------------------------------------
 
 def test_methods_all_and_overrides(tmp_path):
-    from methods import METHODS
+    from noharm.methods import METHODS
 
     suite = parse_suite({**GOOD, "methods": ["all", {"decoupled": {"lr": 0.05}}]})
     assert [m.name for m in suite.methods] == METHODS.names()
@@ -255,9 +255,9 @@ def test_relative_root_is_anchored_at_data_root(tmp_path):
 # ---- the shipped suites ----------------------------------------------------------------------------
 
 def test_default_suite_is_valid_and_embedded():
-    from bench import grid
-    from datasets import DATASETS
-    from methods import METHODS
+    from noharm.bench.sweep import grid
+    from noharm.datasets import DATASETS
+    from noharm.methods import METHODS
 
     suite = load_suite(SUITES / "default.yaml")
     assert {d.name for d in suite.datasets} == {"adult", "digits-shift"}
@@ -275,7 +275,7 @@ PAPER_DATASETS = ("ham10000", "mimic-cxr", "harvard-gf", "celeba", "utkface")
 
 
 def test_paper_suite_validates_against_registries(tmp_path):
-    from datasets import DATASETS
+    from noharm.datasets import DATASETS
 
     missing = [d for d in PAPER_DATASETS if d not in DATASETS]
     if missing:
@@ -294,8 +294,8 @@ def test_paper_suite_validates_against_registries(tmp_path):
 
 
 def test_paper_suite_with_empty_data_root_fails_before_starting(tmp_path, capsys):
-    from bench.cli import main
-    from datasets import DATASETS
+    from noharm.bench.cli import main
+    from noharm.datasets import DATASETS
 
     if any(d not in DATASETS for d in PAPER_DATASETS):
         pytest.skip("real-dataset loaders not registered yet")
@@ -311,7 +311,7 @@ def test_paper_suite_with_empty_data_root_fails_before_starting(tmp_path, capsys
 # ---- grid ------------------------------------------------------------------------------------------
 
 def test_grid_cells_search_sources_and_erm_reference():
-    from bench import grid
+    from noharm.bench.sweep import grid
 
     raw = {**GOOD, "methods": ["decoupled"],
            "datasets": [{"name": "adult", "attributes": ["sex", "race", "sex+race"], "search": ["race"]}]}
@@ -328,7 +328,7 @@ def test_grid_cells_search_sources_and_erm_reference():
 
 
 def test_grid_fixed_overrides_precedence_and_no_search_when_all_fixed():
-    from bench import grid
+    from noharm.bench.sweep import grid
 
     raw = {**GOOD, "hparams": {"epochs": 1, "lr": 0.1},
            "datasets": [{"name": "adult", "attributes": ["sex"], "hparams": {"lr": 0.2, "batch_size": 64}}],
@@ -345,7 +345,7 @@ def test_grid_fixed_overrides_precedence_and_no_search_when_all_fixed():
 
 
 def test_wrap_all_composes_every_method():
-    from bench import grid
+    from noharm.bench.sweep import grid
 
     suite = parse_suite({**GOOD, "methods": ["erm", "decoupled", "groupdro"], "selection": {"wrap": "all"}})
     assert grid.composed_methods(suite) == ["decoupled", "groupdro"]
@@ -358,8 +358,8 @@ def test_wrap_all_composes_every_method():
 def test_trial_key_is_stable_and_sensitive():
     from dataclasses import replace
 
-    from bench.keys import compose_key, trial_key
-    from bench.trial import TrialConfig
+    from noharm.bench.sweep.keys import compose_key, trial_key
+    from noharm.bench.trial import TrialConfig
 
     base = TrialConfig(dataset="adult", attribute="sex", method="erm", seed=0, hparams={"epochs": 2})
     key = trial_key(base)
@@ -377,7 +377,7 @@ def test_trial_key_is_stable_and_sensitive():
 
 
 def test_metric_names_are_sanitised_one_way():
-    from bench.tracking import metric_name
+    from noharm.bench.tracking import metric_name
 
     assert metric_name("test/model/acc/group:Female x White") == "test/model/acc/group:Female x White"
     assert metric_name("test/model/acc/group:80+") == "test/model/acc/group:80_"

@@ -21,8 +21,8 @@ def ray_session(tmp_path_factory):
     """One local Ray (127.0.0.1, 2 CPUs) for the module, with the test plugin visible to driver and workers."""
     import ray
 
-    from datasets import DATASETS
-    from methods import METHODS
+    from noharm.datasets import DATASETS
+    from noharm.methods import METHODS
 
     site = install_testkit(tmp_path_factory.getbasetemp() / "sweep-testkit")
     saved_env = {k: os.environ.get(k) for k in ("PYTHONPATH",)}
@@ -48,7 +48,7 @@ def ray_session(tmp_path_factory):
 
 
 def tracker_of(outcome):
-    from bench.tracking import Tracker
+    from noharm.bench.tracking import Tracker
 
     return Tracker(outcome.tracking_uri, outcome.experiment_id)
 
@@ -60,8 +60,8 @@ def by_stage(runs):
 @pytest.fixture(scope="module")
 def digits_sweep(ray_session, tmp_path_factory):
     """A real-data sweep: digits-shift (16 px, CNN, 1 epoch), ERM + group-models, 2 seeds, 2 search trials, 2 selectors."""
-    from bench.suite import load_suite
-    from bench.sweep import run_suite
+    from noharm.bench.sweep.suite import load_suite
+    from noharm.bench.sweep.run import run_suite
 
     tmp = tmp_path_factory.mktemp("digits")
     path = write_suite(tmp / "digits.yaml", name="digits", seeds=[0, 1], methods=["erm", "group-models"],
@@ -87,7 +87,7 @@ def test_sweep_runs_every_stage_into_mlflow(digits_sweep):
 
 
 def test_trial_runs_have_tags_params_metrics_artifacts(digits_sweep):
-    from bench.keys import CODE_VERSION
+    from noharm.bench.sweep.keys import CODE_VERSION
 
     suite, outcome = digits_sweep
     tracker = tracker_of(outcome)
@@ -113,7 +113,7 @@ def test_trial_runs_have_tags_params_metrics_artifacts(digits_sweep):
         preds = tracker.load_predictions(run.info.run_id)
         assert len(preds) == 718 and set(preds["split"]) == {"val", "test"}  # no training rows by default
         # The stored predictions reproduce the logged metrics.
-        from bench.trial import score_predictions
+        from noharm.bench.trial import score_predictions
 
         rescored = score_predictions(preds, ["shifted", "standard"])
         assert rescored[f"test/{cand}/acc/group:shifted"] == pytest.approx(metrics[f"test/{cand}/acc/group:shifted"])
@@ -144,8 +144,8 @@ def test_search_picks_best_and_seed0_reruns_it_to_keep_a_model(digits_sweep):
 
 
 def test_compose_runs_match_recomputed_selection(digits_sweep):
-    from bench.compose import compose
-    from bench.trial import score_predictions
+    from noharm.bench.compose import compose
+    from noharm.bench.trial import score_predictions
 
     suite, outcome = digits_sweep
     tracker = tracker_of(outcome)
@@ -190,7 +190,7 @@ def test_comparison_table_against_erm(digits_sweep):
 
 
 def test_rerun_skips_everything(digits_sweep):
-    from bench.sweep import run_suite
+    from noharm.bench.sweep.run import run_suite
 
     suite, outcome = digits_sweep
     again = run_suite(suite, outcome.out, quiet=True)
@@ -203,7 +203,7 @@ def test_rerun_skips_everything(digits_sweep):
 
 def test_outcome_rebuilt_from_mlflow_as_under_ray_client(digits_sweep):
     """Under Ray Client the searcher runs on the cluster; the driver rebuilds the outcome from MLflow."""
-    from bench.sweep import searcher_from_store
+    from noharm.bench.sweep.run import searcher_from_store
 
     suite, outcome = digits_sweep
     tracker = tracker_of(outcome)
@@ -215,8 +215,8 @@ def test_outcome_rebuilt_from_mlflow_as_under_ray_client(digits_sweep):
 
 
 def test_failing_plugin_method_is_recorded_and_the_rest_finishes(ray_session, tmp_path, capsys):
-    from bench.cli import main
-    from bench.tracking import Tracker
+    from noharm.bench.cli import main
+    from noharm.bench.tracking import Tracker
 
     path = write_suite(tmp_path / "fails.yaml", name="fails", seeds=[0, 1],
                        methods=["tiny-erm", "always-fails", "group-models"],
@@ -247,8 +247,8 @@ def test_failing_plugin_method_is_recorded_and_the_rest_finishes(ray_session, tm
     failed = next(r for r in runs if r.info.status == "FAILED")
     assert failed.data.tags["noharm.error"] == "RuntimeError: always-fails: this test method fails on purpose"
     assert failed.data.tags["noharm.attempts"] == "2"  # the first try and `retries: 1`
-    from bench.suite import load_suite
-    from bench.sweep import searcher_from_store
+    from noharm.bench.sweep.suite import load_suite
+    from noharm.bench.sweep.run import searcher_from_store
 
     rebuilt = searcher_from_store(load_suite(path), tracker, failed.data.tags["noharm.invocation"])
     assert sorted((f.stage, f.what) for f in rebuilt.failures) == [
@@ -263,8 +263,8 @@ def test_failing_plugin_method_is_recorded_and_the_rest_finishes(ray_session, tm
 def test_progress_line_and_failure_lines(capsys):
     from types import SimpleNamespace
 
-    from bench.progress import Progress, status_line
-    from bench.sweep_searcher import Failure, StageCount
+    from noharm.bench.sweep.progress import Progress, status_line
+    from noharm.bench.sweep.searcher import Failure, StageCount
 
     counts = {"search": StageCount(planned=6, done=4, running=1, skipped=1),
               "evaluate": StageCount(planned=10, done=2, failed=1, blocked=1, skipped=3, running=1),

@@ -20,7 +20,7 @@ from tests.test_resume import STAGE_SQL, wait_until_finished
 
 @pytest.fixture(scope="module")
 def store_uri(tmp_path_factory):
-    from bench.tracking import Tracker
+    from noharm.bench.tracking import Tracker
 
     uri = f"sqlite:///{tmp_path_factory.mktemp('lease') / 'mlflow.db'}"
     Tracker.open(uri, "first")  # creating the tables takes seconds: once per module
@@ -30,7 +30,7 @@ def store_uri(tmp_path_factory):
 @pytest.fixture
 def store(store_uri, request):
     """A fresh experiment of the module's store."""
-    from bench.tracking import Tracker
+    from noharm.bench.tracking import Tracker
 
     return Tracker.open(store_uri, request.node.name)
 
@@ -38,7 +38,7 @@ def store(store_uri, request):
 def test_lock_file_refuses_a_second_holder_and_names_the_first(tmp_path):
     import os
 
-    from bench.sweep_lease import LeaseHeld, lock_local_store
+    from noharm.bench.sweep.lease import LeaseHeld, lock_local_store
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     first = lock_local_store(uri, "my exp", "s")
@@ -53,7 +53,7 @@ def test_lock_file_refuses_a_second_holder_and_names_the_first(tmp_path):
 
 
 def test_lease_record_refuses_a_live_holder_and_takes_over_a_stale_one(store):
-    from bench.sweep_lease import LeaseHeld, RecordLease
+    from noharm.bench.sweep.lease import LeaseHeld, RecordLease
 
     a = RecordLease(store, "s", holder="driver A", settle=0.05, heartbeat=0.1)
     a.acquire("suite s")
@@ -77,7 +77,7 @@ def test_lease_record_refuses_a_live_holder_and_takes_over_a_stale_one(store):
 
 
 def test_racing_lease_records_have_exactly_one_winner(store):
-    from bench.sweep_lease import LeaseHeld, RecordLease
+    from noharm.bench.sweep.lease import LeaseHeld, RecordLease
 
     results: dict[str, str] = {}
     leases = [RecordLease(store, "race", holder=f"driver {i}", settle=0.5, heartbeat=60) for i in range(3)]
@@ -104,7 +104,7 @@ def test_lease_write_that_collides_on_the_unique_key_is_retried(store, monkeypat
     the loser must retry as an update and then settle by read-back, not crash its thread."""
     from mlflow.exceptions import MlflowException
 
-    from bench.sweep_lease import RecordLease
+    from noharm.bench.sweep.lease import RecordLease
 
     real = store.client.set_experiment_tag
     calls = {"n": 0}
@@ -123,8 +123,8 @@ def test_lease_write_that_collides_on_the_unique_key_is_retried(store, monkeypat
 
 
 def test_sweep_table_counts_a_key_finished_twice_once(store):
-    from bench.sweep_report import comparison
-    from bench.tracking import log_finished_run
+    from noharm.bench.sweep.report import comparison
+    from noharm.bench.tracking import log_finished_run
 
     def log(seed: int, key: str, acc: float) -> None:
         tags = {"noharm.suite": "s", "noharm.stage": "evaluate", "noharm.key": key, "noharm.dataset": "adult",
@@ -157,7 +157,7 @@ def test_second_driver_is_refused_while_the_first_finishes(tmp_path_factory, tmp
                         max_concurrent=1)
     out = tmp_path / "résultats-ü"
     db = out / "mlflow.db"
-    cmd = [sys.executable, "-m", "bench.cli", "run", str(suite), "--out", str(out), "--quiet"]
+    cmd = [sys.executable, "-m", "noharm.bench.cli", "run", str(suite), "--out", str(out), "--quiet"]
     try:
         first = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         wait_until_finished(db, 1, first)

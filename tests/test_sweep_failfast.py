@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.cli import main
+from noharm.bench.cli import main
 from tests.plugins import free_port, write_suite
 
 BASE = {"name": "ff", "datasets": [{"name": "adult", "attributes": ["sex"]}], "methods": ["erm"], "seeds": [0],
@@ -82,7 +82,7 @@ def test_run_bad_input_is_one_line_exit_2_nothing_created(suite_changes, argv, f
 def test_address_auto_without_a_cluster(tmp_path, capsys, monkeypatch):
     """`auto` finds what Ray's own lookup finds: nothing (one line saying so), or a stale address (one line
     saying nothing answers there). A live local Ray elsewhere on the machine would be joined: skipped then."""
-    from bench.sweep_preflight import _current_cluster
+    from noharm.bench.sweep.preflight import _current_cluster
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))  # no address file of another test's cluster
@@ -122,7 +122,7 @@ def test_ray_client_address_without_ray_client_installed(tmp_path, capsys, monke
 def test_silent_address_times_out_in_seconds():
     """A port that accepts nothing and refuses nothing (a listener with a full backlog stands in for a
     firewalled host) still fails within the connect deadline."""
-    import bench.sweep_preflight as preflight
+    import noharm.bench.sweep.preflight as preflight
 
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
@@ -229,8 +229,8 @@ def test_stress_against_a_missing_store_creates_nothing(tmp_path, capsys):
 
 def test_ranges_are_declared_once_and_checked_everywhere():
     """The suite, `--set` and the search all read the same declaration; a search range outside it is refused."""
-    from methods.hparams import Float, HparamError, Int, LogFloat, search_space
-    from methods.training import TRAINING_HPARAMS as T
+    from noharm.methods.hparams import Float, HparamError, Int, LogFloat, search_space
+    from noharm.methods.training import TRAINING_HPARAMS as T
 
     assert (T["epochs"].ge, T["batch_size"].ge, T["lr"].gt) == (1, 1, 0.0)
     assert T["lr"].describe() == "float, default 0.001, must be > 0, searched log-uniformly in [0.0001, 0.1]"

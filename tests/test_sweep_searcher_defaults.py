@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from ray.tune.search.optuna import OptunaSearch
 
-from bench.sweep_searcher import declared_defaults, draw_settings
-from methods import get_method
-from methods.hparams import search_space
+from noharm.bench.sweep.searcher import declared_defaults, draw_settings
+from noharm.methods import get_method
+from noharm.methods.hparams import search_space
 
 
 def test_first_trial_is_the_declared_defaults_and_fits_the_space():

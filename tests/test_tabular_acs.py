@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench.cli import main
-from datasets import DatasetError, get_dataset
-from datasets.acs_income import CATEGORICAL, NUMERIC, adult_filter
+from noharm.bench.cli import main
+from noharm.datasets import DatasetError, get_dataset
+from noharm.datasets.acs_income import CATEGORICAL, NUMERIC, adult_filter
 from tests import tabular_layouts as T
 
 REASONS = {"age": "AGEP <= 16", "income": "PINCP <= 100 or missing", "hours": "WKHP 0 or missing",
@@ -188,7 +188,7 @@ def test_table_cache_builds_once_under_concurrency_and_clears_stale_builds(tmp_p
     import threading
     import time
 
-    from datasets.table_cache import load_or_build_table
+    from noharm.datasets.table_cache import load_or_build_table
 
     source = tmp_path / "src.csv"
     source.write_text("a\n1\n")

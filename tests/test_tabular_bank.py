@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench.cli import main
-from datasets import DatasetError, get_dataset
-from datasets.bank import NUMERIC
+from noharm.bench.cli import main
+from noharm.datasets import DatasetError, get_dataset
+from noharm.datasets.bank import NUMERIC
 from tests import tabular_layouts as T
 
 FILE = "bank-additional-full.csv"

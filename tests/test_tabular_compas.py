@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.cli import main
-from datasets import DatasetError, get_dataset
-from datasets.check import check_dataset
+from noharm.bench.cli import main
+from noharm.datasets import DatasetError, get_dataset
+from noharm.datasets.check import check_dataset
 from tests import tabular_layouts as T
 
 FILE = "compas-scores-two-years.csv"

@@ -10,11 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench.cli import main
-from bench.trial import TrialConfig, run_trial
-from datasets import get_dataset
-from datasets.german import NUMERIC, read_raw
-from datasets.tabular import embedded_file
+from noharm.bench.cli import main
+from noharm.bench.trial import TrialConfig, run_trial
+from noharm.datasets import get_dataset
+from noharm.datasets.german import NUMERIC, read_raw
+from noharm.datasets.tabular import embedded_file
 
 # MD5 of the uncompressed german.data (datasets/data/README.md).
 GERMAN_MD5 = "6b94c2e35480e671545e52a808a8a549"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from datasets import get_dataset
+from noharm.datasets import get_dataset
 
 ROOT = Path(os.environ.get("NOHARM_TABULAR_DATA", "/nonexistent-noharm-tabular-data"))
 

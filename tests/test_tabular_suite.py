@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench.cli import main
-from bench.suite import load_suite
+from noharm.bench.cli import main
+from noharm.bench.sweep.suite import load_suite
 
 SUITE = Path(__file__).resolve().parents[1] / "bench" / "suites" / "tabular.yaml"
 
 
 def test_tabular_suite_is_valid(tmp_path):
-    from bench import grid
-    from methods import METHODS
+    from noharm.bench.sweep import grid
+    from noharm.methods import METHODS
 
     suite = load_suite(SUITE, data_root=tmp_path)
     attrs = {d.name: d.attributes for d in suite.datasets}

@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 from sklearn.metrics import accuracy_score, roc_auc_score
 
-from analysis import predictions as P
-from bench.trial import TrialConfig, run_trial, save_trial
+from noharm.analysis import predictions as P
+from noharm.bench.trial import TrialConfig, run_trial, save_trial
 
 FAST_ADULT = {"epochs": 2, "batch_size": 256}
 
@@ -62,7 +62,7 @@ def test_same_seed_same_numbers():
 def test_best_epoch_is_chosen_on_validation_only(monkeypatch):
     """The test split never reaches the objective: its rows are not scored before the end."""
     seen = []
-    from bench import trial as trial_module
+    from noharm.bench import trial as trial_module
 
     original = trial_module.make_objective
 

@@ -18,8 +18,8 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bench.commands.common import UsageError
-    from bench.main_job import run_main_job
+    from noharm.bench.commands.common import UsageError
+    from noharm.bench.main_job import run_main_job
 
     if args.max_concurrent is not None and args.max_concurrent < 1:
         raise UsageError(f"--max-concurrent must be at least 1, got {args.max_concurrent}")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bench.errors import ConfigError
+from noharm.bench.errors import ConfigError
 
 
 class UsageError(ConfigError):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from bench.commands.common import parse_options
+from noharm.bench.commands.common import parse_options
 
 
 def add_parser(sub) -> None:
@@ -30,7 +30,7 @@ def add_parser(sub) -> None:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    from datasets import DATASETS
+    from noharm.datasets import DATASETS
 
     for name in DATASETS.names():
         cls = DATASETS.get(name)
@@ -44,7 +44,7 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_check(args: argparse.Namespace) -> int:
-    from datasets.check import check_dataset, format_report
+    from noharm.datasets.check import check_dataset, format_report
 
     options = parse_options(args.option)
     if args.target:

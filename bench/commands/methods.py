@@ -14,7 +14,7 @@ def add_parser(sub) -> None:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    from methods import METHODS
+    from noharm.methods import METHODS
 
     for name in METHODS.names():
         info = METHODS.get(name).summary()

@@ -40,10 +40,10 @@ def default_tracking_uri() -> str | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from analysis.collect import AnalysisError
-    from analysis.report import write_report
-    from analysis.tables import Protocol
-    from bench.errors import ConfigError
+    from noharm.analysis.collect import AnalysisError
+    from noharm.analysis.report import write_report
+    from noharm.analysis.tables import Protocol
+    from noharm.bench.errors import ConfigError
 
     try:
         report = write_report(args.experiment, args.tracking_uri or default_tracking_uri(), args.out,

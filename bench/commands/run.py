@@ -32,8 +32,8 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bench.commands.common import UsageError, check_device
-    from bench.suite import load_suite
+    from noharm.bench.commands.common import UsageError, check_device
+    from noharm.bench.sweep.suite import load_suite
 
     if args.max_concurrent is not None and args.max_concurrent < 1:
         raise UsageError(f"--max-concurrent must be at least 1, got {args.max_concurrent}")
@@ -47,8 +47,8 @@ def run(args: argparse.Namespace) -> int:
 
 def run_and_report(suite, out: str, **kwargs) -> int:
     """Run a suite, print the comparison, the failures and how to open the results; return the exit code."""
-    from bench.sweep import run_suite
-    from bench.sweep_report import format_comparison
+    from noharm.bench.sweep.run import run_suite
+    from noharm.bench.sweep.report import format_comparison
 
     outcome = run_suite(suite, out, **kwargs)
     print(format_comparison(outcome.table))

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from bench.commands.common import UsageError
+from noharm.bench.commands.common import UsageError
 
 
 def add_parser(sub) -> None:
@@ -29,7 +29,7 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bench.stress import load_stress_suite, run_stress_for_experiment, stress_run_folders, write_outcome
+    from noharm.bench.stress.run import load_stress_suite, run_stress_for_experiment, stress_run_folders, write_outcome
 
     if args.repeats is not None and args.repeats < 1:
         raise UsageError(f"--repeats must be a positive integer, got {args.repeats}")

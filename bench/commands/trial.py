@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from bench.commands.common import check_device, check_out_folder, non_negative_int, parse_options
+from noharm.bench.commands.common import check_device, check_out_folder, non_negative_int, parse_options
 
 
 def add_parser(sub) -> None:
@@ -40,9 +40,9 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bench.console import trial_report
-    from bench.trial import TrialConfig, run_trial, save_trial
-    from methods.hparams import parse_assignments
+    from noharm.bench.console import trial_report
+    from noharm.bench.trial import TrialConfig, run_trial, save_trial
+    from noharm.methods.hparams import parse_assignments
 
     options = parse_options(args.option)
     if options.get("split_file"):  # recorded in config.json: absolute, so a later re-score finds it

@@ -22,10 +22,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from bench.perf.common import append_results
-from datasets.image_cache import load_or_build
-from datasets.image_dataset import IMAGENET_MEAN, IMAGENET_STD
-from datasets.image_files import decode_image
+from noharm.bench.perf.common import append_results
+from noharm.datasets.image_cache import load_or_build
+from noharm.datasets.image_dataset import IMAGENET_MEAN, IMAGENET_STD
+from noharm.datasets.image_files import decode_image
 
 BATCH = 256
 

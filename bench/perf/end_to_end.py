@@ -65,7 +65,7 @@ def write_split(path: Path, names: list[str], seed: int = 0) -> None:
 
 # ---- the two sides (each runs in its own process) ----------------------------------------------------
 def child_noharm(argv: list[str], report: Path) -> None:
-    from bench.cli import main
+    from noharm.bench.cli import main
 
     code = main(argv)
     report.write_text(json.dumps({"code": code, "peak_rss_mb": _peak_mb()}))
@@ -77,9 +77,9 @@ def child_bare(root: Path, split_file: Path, cache: Path, size: int, precision: 
     import torch.nn.functional as F
     from PIL import Image, ImageOps
 
-    from datasets.augment import apply_augment
-    from methods.backbones import build_backbone
-    from methods.training import Classifier
+    from noharm.datasets.augment import apply_augment
+    from noharm.methods.backbones import build_backbone
+    from noharm.methods.training import Classifier
 
     t0 = time.perf_counter()
     rows = [line.split(",") for line in split_file.read_text().split("\n")[1:] if line]
@@ -159,7 +159,7 @@ def run_child(args: list[str]) -> tuple[float, dict]:
         report = Path(f.name)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path.cwd()), os.environ.get("PYTHONPATH", "")])}
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "bench.perf.end_to_end", *args, "--report", str(report)],
+    proc = subprocess.run([sys.executable, "-m", "noharm.bench.perf.end_to_end", *args, "--report", str(report)],
                           env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
@@ -206,7 +206,7 @@ def main() -> None:
         root, split_file, cache, size, precision = args.child_bare
         return child_bare(Path(root), Path(split_file), Path(cache), int(size), precision, Path(args.report))
 
-    from bench.perf.common import append_results
+    from noharm.bench.perf.common import append_results
 
     work = Path(args.work or tempfile.mkdtemp(prefix="noharm-e2e-"))
     root, split_file = work / "utkface", work / "split.csv"

@@ -22,8 +22,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bench.perf.common import append_results
-from methods.fairsde.losses import diversity_loss, sample_pairs
+from noharm.bench.perf.common import append_results
+from noharm.methods.fairsde.losses import diversity_loss, sample_pairs
 
 SELECTION_GROUPS = (2, 8, 64, 256, 1024)
 SELECTION_STRATEGIES = ("greedy", "ip-gap", "ip-utility")
@@ -158,7 +158,7 @@ def bench_diversity(batch: int, groups: int, classes: int, dim: int, tau: float,
 
 
 def bench_selection(repeats: int) -> tuple[str, float]:
-    from methods.selection import select
+    from noharm.methods.selection import select
 
     rng = np.random.default_rng(0)
     rows = ["| groups | " + " | ".join(SELECTION_STRATEGIES) + " |", "|---|" + "---|" * len(SELECTION_STRATEGIES)]

@@ -48,7 +48,7 @@ def grow(source_uri: str, experiment: str, target_uri: str, n_runs: int) -> int:
     from mlflow.entities import Metric, Param, RunTag
     from mlflow.tracking import MlflowClient
 
-    from analysis.collect import open_experiment, search_all
+    from noharm.analysis.collect import open_experiment, search_all
 
     client, exp = open_experiment(experiment, source_uri)
     runs = [r for r in search_all(client, exp.experiment_id)
@@ -83,7 +83,7 @@ def grow(source_uri: str, experiment: str, target_uri: str, n_runs: int) -> int:
 
 def profile_report(uri: str, experiment: str) -> tuple[float, dict[str, float]]:
     """(wall seconds, seconds per phase) of one `write_report`."""
-    from analysis.report import write_report
+    from noharm.analysis.report import write_report
 
     with tempfile.TemporaryDirectory(prefix="noharm-report-speed-") as out:
         prof = cProfile.Profile()
@@ -102,12 +102,12 @@ def profile_report(uri: str, experiment: str) -> tuple[float, dict[str, float]]:
 
 
 def command_wall(uri: str, experiment: str, repeats: int) -> list[float]:
-    """Wall seconds of `python -m bench.cli report` in a fresh process each time (start-up included)."""
+    """Wall seconds of `python -m noharm.bench.cli report` in a fresh process each time (start-up included)."""
     walls = []
     for _ in range(repeats):
         with tempfile.TemporaryDirectory(prefix="noharm-report-cmd-") as out:
             t0 = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "bench.cli", "report", "--experiment", experiment,
+            subprocess.run([sys.executable, "-m", "noharm.bench.cli", "report", "--experiment", experiment,
                             "--tracking-uri", uri, "--out", out], check=True, stdout=subprocess.DEVNULL,
                            env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
             walls.append(time.perf_counter() - t0)
@@ -121,8 +121,8 @@ def _hashes(folder: Path) -> dict[str, str]:
 
 def same_as_search_api(uri: str, experiment: str) -> str:
     """Whether the report read by SQL and the report read through MLflow's search API have the same bytes."""
-    import analysis.collect as collect_mod
-    from analysis.report import write_report
+    import noharm.analysis.collect as collect_mod
+    from noharm.analysis.report import write_report
 
     with tempfile.TemporaryDirectory(prefix="noharm-report-check-") as tmp:
         write_report(experiment, uri, Path(tmp) / "sql")
@@ -175,7 +175,7 @@ def main() -> None:
             line += f"; {same_as_search_api(uri, args.experiment)}"
         lines.append(line)
         print(lines[-1], flush=True)
-    from bench.perf.common import append_results
+    from noharm.bench.perf.common import append_results
 
     append_results("report_speed.py: `noharm report` on the source store and synthetic stores",
                    f"Grown from {args.source} (experiment {args.experiment!r}); cProfile adds overhead. "

@@ -51,7 +51,7 @@ def main() -> None:
     out = Path(args.out)
     t0 = time.perf_counter()
     if not (out / "mlflow.db").exists():
-        cmd = [sys.executable, "-m", "bench.cli", "run", args.suite, "--out", str(out), "--max-concurrent", "1"]
+        cmd = [sys.executable, "-m", "noharm.bench.cli", "run", args.suite, "--out", str(out), "--max-concurrent", "1"]
         env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
         if args.code:
             env["PYTHONPATH"] = args.code
@@ -70,7 +70,7 @@ def main() -> None:
     rows.append(f"| all | {total_runs} | {total / max(1, total_runs) / 1024:.1f} | total {total / 2**20:.2f} MB |")
     body = (f"{args.label}: `{args.suite}` into {out} ({wall:.0f} s wall, 0 if it existed)\n\n" + "\n".join(rows))
     print(body)
-    from bench.perf.common import append_results
+    from noharm.bench.perf.common import append_results
 
     append_results(f"store_size.py: artifact store per run ({args.label})", body)
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.perf.common import append_results
+from noharm.bench.perf.common import append_results
 
 CASES = [("adult", a, {"epochs": 2}) for a in ("sex", "sex+race", "sex+age", "sex+race+age")]
 CASES += [("digits-shift", "style", {"epochs": 3, "backbone": "cnn", "batch_size": 64})]
@@ -38,7 +38,7 @@ SELECTORS = ("greedy", "ip-gap", "ip-utility", "safe", "blind")
 
 def run_folder(runs: Path, dataset: str, attribute: str, method: str, hp: dict) -> Path:
     """`<runs>/<dataset>-<attribute>-<method>-s0`, trained now when missing."""
-    from bench.trial import TrialConfig, run_trial, save_trial
+    from noharm.bench.trial import TrialConfig, run_trial, save_trial
 
     folder = runs / f"{dataset}-{attribute}-{method}-s0"
     if not (folder / "predictions.parquet").is_file():
@@ -50,9 +50,9 @@ def run_folder(runs: Path, dataset: str, attribute: str, method: str, hp: dict) 
 
 
 def stress_data(runs: Path, dataset: str, attribute: str, hp: dict):
-    from bench.stress import routing_arrays
-    from bench.stress_models import PairRescorer, RunFolder
-    from bench.stress_runner import StressData
+    from noharm.bench.stress.run import routing_arrays
+    from noharm.bench.stress.rescore import PairRescorer, RunFolder
+    from noharm.bench.stress.runner import StressData
 
     method = RunFolder.read(run_folder(runs, dataset, attribute, "fairsde", hp))
     erm = RunFolder.read(run_folder(runs, dataset, attribute, "erm", hp))
@@ -63,8 +63,8 @@ def stress_data(runs: Path, dataset: str, attribute: str, hp: dict):
 
 
 def repeats_per_second(data, spec: dict, severity: float, selector: str, repeats: int, rounds: int) -> float:
-    from bench.stress_runner import StressSettings, run_scenarios
-    from bench.stress_scenarios import make_scenarios
+    from noharm.bench.stress.runner import StressSettings, run_scenarios
+    from noharm.bench.stress.scenarios import make_scenarios
 
     scenarios = make_scenarios({**spec, "severities": [severity]}, "perf")
     settings = StressSettings(repeats=repeats, selectors=(selector,))
@@ -79,8 +79,8 @@ def repeats_per_second(data, spec: dict, severity: float, selector: str, repeats
 
 
 def ip_times(sizes: list[int], reps: int) -> list[str]:
-    from bench.stress_selection import MAX_ENUMERATE_GROUPS, enumerate_ip
-    from methods.selection import select
+    from noharm.bench.stress.selection import MAX_ENUMERATE_GROUPS, enumerate_ip
+    from noharm.methods.selection import select
 
     rows = ["| groups | ip-gap, PuLP/CBC (s) | ip-utility, PuLP/CBC (s) | enumeration, per problem (ms) |",
             "|---|---|---|---|"]

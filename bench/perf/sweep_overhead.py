@@ -30,7 +30,7 @@ from pathlib import Path
 
 import yaml
 
-from bench.perf.common import append_results
+from noharm.bench.perf.common import append_results
 
 HPARAMS = {"backbone": "cnn", "epochs": 1, "batch_size": 256}
 OPTIONS = {"image_size": 16}
@@ -50,7 +50,7 @@ def plain_loop(n: int) -> float:
     """Seconds for N trials in a plain loop (one thread, as a 1-CPU Ray trial gets)."""
     import torch
 
-    from bench.trial import TrialConfig, run_trial
+    from noharm.bench.trial import TrialConfig, run_trial
 
     torch.set_num_threads(1)
     run_trial(TrialConfig(dataset="digits-shift", attribute="style", method="erm", seed=0, hparams=HPARAMS,
@@ -73,7 +73,7 @@ def timed(cmd: list[str]) -> float:
 RAY_START = """
 import sys, time
 from pathlib import Path
-from bench.sweep import prepare_environment, start_ray
+from noharm.bench.sweep.run import prepare_environment, start_ray
 prepare_environment(None, Path(sys.argv[1]))
 import ray
 t = time.perf_counter()
@@ -91,7 +91,7 @@ def ray_start_seconds(folder: Path) -> float:
 
 def trial_phase(out: Path) -> float:
     """Seconds from the first MLflow run's start to the last one's end, in a sweep's local store."""
-    from bench.tracking import Tracker, default_uri
+    from noharm.bench.tracking import Tracker, default_uri
 
     tracker = Tracker.open(default_uri(out), "overhead")
     runs = tracker.runs(suite="overhead", status="FINISHED")
@@ -99,7 +99,7 @@ def trial_phase(out: Path) -> float:
 
 
 def noharm(*args: str) -> list[str]:
-    return [sys.executable, "-m", "bench.cli", *args]
+    return [sys.executable, "-m", "noharm.bench.cli", *args]
 
 
 def main() -> None:

@@ -15,11 +15,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bench.perf.common import append_results
-from methods.backbones import build_backbone
-from methods.base import FitContext, TaskData
-from methods.erm import ERM
-from methods.training import Classifier, train
+from noharm.bench.perf.common import append_results
+from noharm.methods.backbones import build_backbone
+from noharm.methods.base import FitContext, TaskData
+from noharm.methods.erm import ERM
+from noharm.methods.training import Classifier, train
 
 BATCH = 64
 
@@ -86,7 +86,7 @@ def eval_per_1000(size: int) -> tuple[float, float]:
 
 def first_step() -> float:
     """Time from the start of a digits-shift trial (dataset load included) to its first training step."""
-    from bench.trial import TrialConfig, run_trial
+    from noharm.bench.trial import TrialConfig, run_trial
 
     res = run_trial(TrialConfig(dataset="digits-shift", attribute="style", method="erm",
                                 hparams={"epochs": 1, "backbone": "resnet18"}), device="cpu")

@@ -13,12 +13,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bench.trial import TrialConfig, run_trial
-from datasets import get_dataset
-from methods.backbones import build_backbone
-from methods.training import Classifier
+from noharm.bench.trial import TrialConfig, run_trial
+from noharm.datasets import get_dataset
+from noharm.methods.backbones import build_backbone
+from noharm.methods.training import Classifier
 
-from bench.perf.common import append_results
+from noharm.bench.perf.common import append_results
 
 
 def bare_loop(dataset: str, hp: dict, seed: int = 0) -> float:

@@ -23,14 +23,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from methods import register_method
-from methods.base import FitContext, Predictor, TaskData
-from methods.batches import Batch
-from methods.decoupled import GroupHeads
-from methods.fairsde import losses as L
-from methods.hparams import Choice, Float, HparamError, LogFloat
-from methods.provenance import Provenance
-from methods.training import TRAINING_HPARAMS, TorchMethod, TorchPredictor, autocast, train
+from noharm.methods import register_method
+from noharm.methods.base import FitContext, Predictor, TaskData
+from noharm.methods.batches import Batch
+from noharm.methods.decoupled import GroupHeads
+from noharm.methods.fairsde import losses as L
+from noharm.methods.hparams import Choice, Float, HparamError, LogFloat
+from noharm.methods.provenance import Provenance
+from noharm.methods.training import TRAINING_HPARAMS, TorchMethod, TorchPredictor, autocast, train
 
 # Names of the loss weights, in the order of the objective.
 LAMBDAS = ("lambda_disc", "lambda_virt", "lambda_div")

@@ -12,12 +12,12 @@ import time
 import numpy as np
 import pandas as pd
 
-from datasets import register_dataset
-from datasets.base import DataBundle, GroupDataset
-from datasets.splits import stratified_assign
-from methods import register_method
-from methods.hparams import Float, Int, LogFloat
-from methods.training import TRAINING_HPARAMS, TorchMethod
+from noharm.datasets import register_dataset
+from noharm.datasets.base import DataBundle, GroupDataset
+from noharm.datasets.splits import stratified_assign
+from noharm.methods import register_method
+from noharm.methods.hparams import Float, Int, LogFloat
+from noharm.methods.training import TRAINING_HPARAMS, TorchMethod
 
 FAIL_MESSAGE = "always-fails: this test method fails on purpose"
 

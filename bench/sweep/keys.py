@@ -16,7 +16,7 @@ import json
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from bench.trial import TrialConfig
+from noharm.bench.trial import TrialConfig
 
 # Bump the suffix when a change alters trial numbers without changing the package
 # version (a fixed bug in a loss, a new split rule): old keys then no longer match.
@@ -42,10 +42,10 @@ def _digest(payload: dict[str, Any]) -> str:
 
 def trial_key(cfg: TrialConfig) -> str:
     """The key of one trial; hyperparameters are resolved first, so defaults and explicit values agree."""
-    from methods import get_method
-    from methods.hparams import resolve
+    from noharm.methods import get_method
+    from noharm.methods.hparams import resolve
 
-    from datasets.splits import split_file_digest
+    from noharm.datasets.splits import split_file_digest
 
     hparams = resolve(get_method(cfg.method).hparams, cfg.hparams, owner=cfg.method)
     payload = {

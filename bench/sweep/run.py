@@ -2,13 +2,13 @@
 
 The flow:
 1. load and validate the suite; check every dataset's files (fail in a second on a wrong --data-root),
-   the tracking store and the Ray address (`bench.sweep_preflight`), before anything is created;
-2. take the driver's lease (`bench.sweep_lease`: a second driver is refused) and open the MLflow
+   the tracking store and the Ray address (`bench.sweep.preflight`), before anything is created;
+2. take the driver's lease (`bench.sweep.lease`: a second driver is refused) and open the MLflow
    experiment (creating the store in the driver, before any trial);
 3. end runs a killed driver left RUNNING; read what is already FINISHED;
-4. one Tuner whose searcher (`bench.sweep_searcher`) proposes search, evaluate and compose trials,
-   skipping every key already FINISHED, while `bench.progress` prints one status line;
-5. report: the comparison table (`bench.sweep_report`), where the results are, and the
+4. one Tuner whose searcher (`bench.sweep.searcher`) proposes search, evaluate and compose trials,
+   skipping every key already FINISHED, while `bench.sweep.progress` prints one status line;
+5. report: the comparison table (`bench.sweep.report`), where the results are, and the
    `mlflow ui` command. Exit 0 when everything finished, 1 when some trial failed.
 """
 
@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.suite import Suite, check_files
-from bench.sweep_preflight import preflight
-from bench.tracking import Tracker, default_uri, git_commit, is_local_store
+from noharm.bench.sweep.suite import Suite, check_files
+from noharm.bench.sweep.preflight import preflight
+from noharm.bench.tracking import Tracker, default_uri, git_commit, is_local_store
 
 # Ray keeps Unix sockets under its temp folder; their paths must stay under ~107 characters.
 MAX_RAY_TMP_LEN = 60
@@ -106,9 +106,9 @@ def ray_temp_dir(out: Path) -> Path:
 
 def searcher_from_store(suite: Suite, tracker: Tracker, invocation: str):
     """A searcher rebuilt from what MLflow holds after a sweep, with this invocation's FAILED runs as failures."""
-    from bench.keys import CODE_VERSION
-    from bench.sweep_searcher import Failure, SweepSearcher, prior_search_results
-    from bench.tracking import TAG
+    from noharm.bench.sweep.keys import CODE_VERSION
+    from noharm.bench.sweep.searcher import Failure, SweepSearcher, prior_search_results
+    from noharm.bench.tracking import TAG
 
     finished = tracker.finished_index(suite.name)
     prior = prior_search_results([r for (stage, _), r in finished.items() if stage == "search"], suite, CODE_VERSION)
@@ -165,7 +165,7 @@ def run_suite(suite: Suite, out: str | os.PathLike, tracking_uri: str | None = N
 def open_store(out: Path, uri: str, experiment: str, suite: str):
     """Create --out, take the driver's lease and open the experiment; on a failed start (other than a held
     lease) remove what this call created, so a bad store leaves no half-made run folder."""
-    from bench.sweep_lease import LeaseHeld, lease_record, lock_local_store
+    from noharm.bench.sweep.lease import LeaseHeld, lease_record, lock_local_store
 
     existed = out.exists()
     before = set(out.iterdir()) if existed else set()
@@ -197,10 +197,10 @@ def _run_locked(suite: Suite, out: Path, tracker: Tracker, exp_name: str, addres
     ray_tmp = prepare_environment(address, out)
     from ray import tune
 
-    from bench.keys import CODE_VERSION
-    from bench.progress import Progress
-    from bench.sweep_searcher import SweepSearcher, prior_search_results
-    from bench.sweep_trials import tune_trainable
+    from noharm.bench.sweep.keys import CODE_VERSION
+    from noharm.bench.sweep.progress import Progress
+    from noharm.bench.sweep.searcher import SweepSearcher, prior_search_results
+    from noharm.bench.sweep.trials import tune_trainable
 
     quiet_loggers()
     uri = tracker.uri
@@ -271,7 +271,7 @@ def _run_locked(suite: Suite, out: Path, tracker: Tracker, exp_name: str, addres
             if out not in ray_tmp.parents:
                 shutil.rmtree(ray_tmp, ignore_errors=True)  # a fallback folder outside the run folder
 
-    from bench.sweep_report import comparison
+    from noharm.bench.sweep.report import comparison
 
     table = comparison(tracker.frame(suite.name))
     if not table.empty:

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from bench.errors import ConfigError
+from noharm.bench.errors import ConfigError
 
 CACHE_VERSION = 1
 ROUTERS = ("auto", "discriminator", "inputs")
@@ -70,8 +70,8 @@ class RunFolder:
 
 def build_task(config: dict[str, Any]):
     """(TaskData, sample ids [N]) of a run's dataset, attribute and seed, as `run_trial` builds them."""
-    from datasets import Grouping, get_dataset
-    from methods import TaskData
+    from noharm.datasets import Grouping, get_dataset
+    from noharm.methods import TaskData
 
     dataset = get_dataset(config["dataset"], **(config.get("dataset_options") or {}))
     bundle = dataset.load(int(config.get("seed", 0)))
@@ -89,9 +89,9 @@ class RunModel:
     """A run's predictor restored from `model.pt` (gradient-trained methods, including group models)."""
 
     def __init__(self, run: RunFolder, task, device: torch.device):
-        from datasets import UnknownNameError
-        from methods import FitContext, get_method
-        from methods.hparams import HparamError
+        from noharm.datasets import UnknownNameError
+        from noharm.methods import FitContext, get_method
+        from noharm.methods.hparams import HparamError
 
         if not run.weights.is_file():
             raise ConfigError(f"{str(run.path)!r} has no model.pt; re-scoring needs the run's saved weights")
@@ -110,8 +110,8 @@ class RunModel:
                               f"{str(err).splitlines()[0]}") from None
 
     def _restore(self, task, state: dict[str, torch.Tensor]) -> None:
-        from methods.group_models import GroupModels, PriorModel
-        from methods.training import TorchMethod
+        from noharm.methods.group_models import GroupModels, PriorModel
+        from noharm.methods.training import TorchMethod
 
         if isinstance(self.method, GroupModels):
             self.models = []
@@ -132,10 +132,10 @@ class RunModel:
 
     def predictor(self, task):
         """A predictor scoring `task` (its own batch source, so any task with the same shapes works)."""
-        from methods.batches import BatchSource
-        from methods.fairsde import FairSDE, FairSDEPredictor
-        from methods.group_models import GroupModelsPredictor
-        from methods.training import TorchPredictor
+        from noharm.methods.batches import BatchSource
+        from noharm.methods.fairsde import FairSDE, FairSDEPredictor
+        from noharm.methods.group_models import GroupModelsPredictor
+        from noharm.methods.training import TorchPredictor
 
         if hasattr(self, "models"):
             return GroupModelsPredictor(self.method, self.models, self.ctx, {})
@@ -199,7 +199,7 @@ class PairRescorer:
     def __init__(self, method_run: RunFolder, erm_run: RunFolder, candidate: str, router: str = "auto",
                  device: str = "auto", cache_dir: str | os.PathLike | None = None, seed: int = 0,
                  log: Callable[[str], None] = lambda msg: None):
-        from bench.trial import resolve_device
+        from noharm.bench.trial import resolve_device
 
         if router not in ROUTERS:
             raise ConfigError(f"unknown router {router!r}; choose one of: {', '.join(ROUTERS)}")
@@ -207,7 +207,7 @@ class PairRescorer:
         self.candidate, self.router_name, self.seed, self.log = candidate, router, int(seed), log
         self.device = resolve_device(device)
         if cache_dir is None:
-            from datasets.image_cache import default_cache_dir
+            from noharm.datasets.image_cache import default_cache_dir
 
             cache_dir = default_cache_dir()
         self.cache_dir = Path(cache_dir) / "stress"
@@ -249,7 +249,7 @@ class PairRescorer:
         A method that keeps state outside model.pt (thresholds, a second stage)
         would re-score wrongly without error; comparing a few stored rows catches it.
         """
-        from analysis import predictions as P
+        from noharm.analysis import predictions as P
 
         model = RunModel(run, self.task(), self.device)
         preds = run.predictions
@@ -266,8 +266,8 @@ class PairRescorer:
     def resolved_router(self) -> str:
         if self.router_name != "auto":
             return self.router_name
-        from methods import get_method
-        from methods.fairsde import FairSDE
+        from noharm.methods import get_method
+        from noharm.methods.fairsde import FairSDE
 
         return "discriminator" if issubclass(get_method(self.method_run.config["method"]), FairSDE) else "inputs"
 
@@ -297,7 +297,7 @@ class PairRescorer:
                             lambda: self._score(sample_ids, corruption, int(severity)), keys)
 
     def _score(self, sample_ids, corruption: str | None, severity: int, routing_only: bool = False) -> dict:
-        from bench.corruptions import corrupt
+        from noharm.bench.stress.corruptions import corrupt
 
         task = self.task()
         rows = self.rows(sample_ids)

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bench.errors import ConfigError
+from noharm.bench.errors import ConfigError
 
 SEVERITIES = (1, 2, 3, 4, 5)
 PARAMETERS: dict[str, tuple[float, ...]] = {

@@ -3,12 +3,12 @@
 Everything is computed from per-sample correctness (argmax == y) of the
 method's expert candidate and of pooled ERM, so thousands of repeats need no
 model. A block of repeats is a pair of multiplicity arrays [R, N] (see
-`bench.stress_scenarios`). Every row falls in a small cell (its group, whether
+`bench.stress.scenarios`). Every row falls in a small cell (its group, whether
 the expert and ERM are right, and for blind routing its predicted group and
 whether that group's expert is right); per-cell sums for all repeats of a
 block come from one `analysis.metrics.accuracy_by_group` call on 2-D input,
 and every statistic (per-group accuracies, the discordant pairs of `safe`,
-blind routing) is a sum of cells. Selection (`bench.stress_selection`) and
+blind routing) is a sum of cells. Selection (`bench.stress.selection`) and
 scoring then cost a few [R, G] operations per selector.
 
 Selectors: `erm`, `experts`, `greedy`, `ip-gap`, `ip-utility`, `safe`, and
@@ -37,11 +37,11 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from analysis.metrics import accuracy_by_group
-from bench.errors import ConfigError
-from bench.stress_scenarios import BLOCK, Scenario, ScenarioSkipped, SplitView, Weights, block_rng
-from bench.stress_selection import CHOOSERS, MAX_ENUMERATE_GROUPS, ValStats, choose
-from methods.selection import SAFE_DELTA
+from noharm.analysis.metrics import accuracy_by_group
+from noharm.bench.errors import ConfigError
+from noharm.bench.stress.scenarios import BLOCK, Scenario, ScenarioSkipped, SplitView, Weights, block_rng
+from noharm.bench.stress.selection import CHOOSERS, MAX_ENUMERATE_GROUPS, ValStats, choose
+from noharm.methods.selection import SAFE_DELTA
 
 BLIND = "blind"
 # Columns of the tidy table, in order (the first ones are the agreed interface).
@@ -98,7 +98,7 @@ class StressData:
         `pred_group` (int [N], -1 where unknown) and `routed_proba` ([N, C]) are
         optional routing data aligned with `method_preds`' rows.
         """
-        from bench.compose import ERM_SOURCE, align, choose_candidate, group_ids_to_names, raw_proba
+        from noharm.bench.compose import ERM_SOURCE, align, choose_candidate, group_ids_to_names, raw_proba
 
         erm = align(method_preds, erm_preds)
         cand = choose_candidate(method_preds, candidate)

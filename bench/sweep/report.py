@@ -15,7 +15,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from bench.tracking import metric_name
+from noharm.bench.tracking import metric_name
 
 COLUMNS = {"acc": "acc", "worst_acc": "acc/worst", "acc_gap": "acc/gap", "worst_auc": "auc/worst"}
 KEYS = ["dataset", "target", "attribute"]

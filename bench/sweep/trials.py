@@ -1,6 +1,6 @@
 """What one sweep trial does, in plain Python (Ray Tune calls `tune_trainable`; tests may call `execute`).
 
-A trial *spec* (built by `bench.sweep_searcher`) is a JSON-able dict:
+A trial *spec* (built by `bench.sweep.searcher`) is a JSON-able dict:
 
     {"stage": "search" | "evaluate" | "compose", "name": ..., "key": ..., "cell": ...,
      "trial": TrialConfig fields,            # search / evaluate
@@ -21,7 +21,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from bench.tracking import TAG, Tracker
+from noharm.bench.tracking import TAG, Tracker
 
 # Reported to Optuna for an undefined objective (e.g. worst-group AUC of a one-class group).
 WORST_OBJECTIVE = -1e9
@@ -89,7 +89,7 @@ def trial_params(cfg) -> dict[str, Any]:
 
 def objective_value(metrics: dict[str, float], candidate: str, objective: str) -> float:
     """The suite's validation objective of `candidate`, higher is better (gaps negated); NaN if undefined."""
-    from bench.objectives import MINIMISED_SUFFIXES, canonical
+    from noharm.bench.objectives import MINIMISED_SUFFIXES, canonical
 
     key = canonical(objective)
     value = metrics.get(f"val/{candidate}/{key}", math.nan)
@@ -104,8 +104,8 @@ def stored_objective(metrics: dict[str, float]) -> float:
 
 def run_training(spec: dict[str, Any], context: dict[str, Any], tracker: Tracker) -> dict[str, Any]:
     """Train the spec's trial (retrying up to `retries` times) and log it; a final failure ends FAILED."""
-    from bench.trial import TrialConfig, run_trial, save_trial
-    from methods import get_method
+    from noharm.bench.trial import TrialConfig, run_trial, save_trial
+    from noharm.methods import get_method
 
     names = {f.name for f in fields(TrialConfig)}
     cfg = TrialConfig(**{k: v for k, v in spec["trial"].items() if k in names})
@@ -190,8 +190,8 @@ def run_compose(spec: dict[str, Any], context: dict[str, Any], tracker: Tracker)
 
 def compose_predictions(tracker: Tracker, c: dict[str, Any]):
     """Download both predictions tables and compose them with every strategy (no retraining)."""
-    from analysis import predictions as P
-    from bench.compose import compose
+    from noharm.analysis import predictions as P
+    from noharm.bench.compose import compose
 
     method_preds = tracker.load_predictions(c["method_run"])
     erm_preds = tracker.load_predictions(c["erm_run"])
@@ -202,9 +202,9 @@ def compose_predictions(tracker: Tracker, c: dict[str, Any]):
 def log_composition(tracker: Tracker, run_id: str, composed, report: dict[str, Any], strategy: str,
                     candidate: str, names: list[str]) -> None:
     """One strategy's run: its selected candidate next to the method's candidate and ERM."""
-    from analysis import predictions as P
-    from bench.compose import ERM_CANDIDATE, selected_name
-    from bench.trial import score_predictions
+    from noharm.analysis import predictions as P
+    from noharm.bench.compose import ERM_CANDIDATE, selected_name
+    from noharm.bench.trial import score_predictions
 
     keep = [candidate, ERM_CANDIDATE, selected_name(strategy)]
     cols = list(P.KEY_COLUMNS) + [col for cand in keep for col in composed.columns

@@ -20,8 +20,8 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
-from bench.errors import ConfigError
-from bench.tracking import CONNECT_TIMEOUT, check_sqlite_store, check_tracking_server, check_tracking_uri
+from noharm.bench.errors import ConfigError
+from noharm.bench.tracking import CONNECT_TIMEOUT, check_sqlite_store, check_tracking_server, check_tracking_uri
 
 
 def check_experiment(name: str) -> None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from methods import selection as S
+from noharm.methods import selection as S
 
 # 2^10 choices x G values per repeat stays a few MB per block of repeats.
 MAX_ENUMERATE_GROUPS = 10

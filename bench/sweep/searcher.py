@@ -35,12 +35,12 @@ from typing import Any
 
 from ray.tune.search import Searcher
 
-from bench import grid
-from bench.grid import ERM, Cell
-from bench.keys import compose_key, trial_key
-from bench.suite import Suite
-from bench.sweep_trials import WORST_OBJECTIVE, stored_objective
-from bench.tracking import TAG
+from noharm.bench.sweep import grid
+from noharm.bench.sweep.grid import ERM, Cell
+from noharm.bench.sweep.keys import compose_key, trial_key
+from noharm.bench.sweep.suite import Suite
+from noharm.bench.sweep.trials import WORST_OBJECTIVE, stored_objective
+from noharm.bench.tracking import TAG
 
 
 @dataclass
@@ -176,8 +176,8 @@ class SweepSearcher(Searcher):
     def _start_search(self, cell: Cell, prior: list) -> None:
         from ray.tune.search.optuna import OptunaSearch
 
-        from methods import get_method
-        from methods.hparams import search_space
+        from noharm.methods import get_method
+        from noharm.methods.hparams import search_space
 
         space = OptunaSearch.convert_search_space(search_space(get_method(cell.method).hparams, cell.fixed))
         trials = self.suite.search.trials
@@ -334,7 +334,7 @@ class SweepSearcher(Searcher):
 
     # ---- specs ---------------------------------------------------------------------------------
     def _trial_spec(self, stage: str, cell: Cell, hparams: dict[str, Any], seed: int) -> dict[str, Any]:
-        from datasets import DATASETS
+        from noharm.datasets import DATASETS
 
         cfg = grid.trial_config(self.suite, cell, hparams, seed)
         target = cell.options.get("target") or DATASETS.get(cell.dataset).default_target
@@ -349,7 +349,7 @@ class SweepSearcher(Searcher):
 
 def declared_defaults(method: str, space: dict[str, Any]) -> dict[str, Any]:
     """The method's declared default of every searched hyperparameter (the first trial of each search)."""
-    from methods import get_method
+    from noharm.methods import get_method
 
     declared = get_method(method).hparams
     return {name: declared[name].default for name in space}
@@ -373,7 +373,7 @@ def draw_settings(space: dict[str, Any], history: list[tuple[dict[str, Any], flo
 def prior_search_results(runs: list, suite: Suite, code_version: str) -> dict[str, list]:
     """{cell id: [(hparams, objective, run id, key, trial number)]} from FINISHED search runs of this code
     version, oldest first (a run without a trial number, from before numbers were tagged, gets its place)."""
-    from methods import get_method
+    from noharm.methods import get_method
 
     out: dict[str, list] = {}
     for run in sorted(runs, key=lambda r: r.info.start_time or 0):

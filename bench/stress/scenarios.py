@@ -43,8 +43,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from bench.corruptions import CORRUPTIONS, SEVERITIES as CORRUPTION_SEVERITIES, parameter
-from bench.errors import ConfigError
+from noharm.bench.stress.corruptions import CORRUPTIONS, SEVERITIES as CORRUPTION_SEVERITIES, parameter
+from noharm.bench.errors import ConfigError
 
 BLOCK = 64  # repeats per random block
 

@@ -33,8 +33,8 @@ from pathlib import Path
 
 from mlflow.exceptions import MlflowException
 
-from bench.errors import ConfigError
-from bench.tracking import TAG, Tracker
+from noharm.bench.errors import ConfigError
+from noharm.bench.tracking import TAG, Tracker
 
 HEARTBEAT = 10.0
 STALE_AFTER = 60.0

@@ -12,8 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench.suite import DatasetEntry, Suite
-from bench.trial import TrialConfig
+from noharm.bench.sweep.suite import DatasetEntry, Suite
+from noharm.bench.trial import TrialConfig
 
 ERM = "erm"
 
@@ -47,7 +47,7 @@ def cell_id(label: str, attribute: str, method: str) -> str:
 
 def fixed_hparams(suite: Suite, entry: DatasetEntry, method: str) -> dict[str, Any]:
     """Suite-wide < dataset < method overrides, keeping only names the method declares."""
-    from methods import get_method
+    from noharm.methods import get_method
 
     declared = get_method(method).hparams
     out = {k: v for k, v in suite.hparams.items() if k in declared}
@@ -58,7 +58,7 @@ def fixed_hparams(suite: Suite, entry: DatasetEntry, method: str) -> dict[str, A
 
 def searchable(method: str, fixed: dict[str, Any]) -> list[str]:
     """Names of the method's hparams the search varies (declared searchable and not fixed)."""
-    from methods import get_method
+    from noharm.methods import get_method
 
     return [name for name, p in get_method(method).hparams.items() if p.search and name not in fixed]
 
@@ -73,7 +73,7 @@ def method_names(suite: Suite) -> list[str]:
 
 def cells(suite: Suite) -> list[Cell]:
     """Every (dataset, attribute, method) of the suite in a stable order."""
-    from bench.suite import MethodEntry
+    from noharm.bench.sweep.suite import MethodEntry
 
     if suite.selectors and ERM not in [m.name for m in suite.methods]:
         # ERM is the reference the selectors compare against: run it even when not listed.
@@ -97,8 +97,8 @@ def cells(suite: Suite) -> list[Cell]:
 
 def trial_config(suite: Suite, cell: Cell, hparams: dict[str, Any], seed: int) -> TrialConfig:
     """The trial of `cell` with `hparams` (fixed overrides applied on top) on `seed`, fully resolved."""
-    from methods import get_method
-    from methods.hparams import resolve
+    from noharm.methods import get_method
+    from noharm.methods.hparams import resolve
 
     resolved = resolve(get_method(cell.method).hparams, {**hparams, **cell.fixed}, owner=cell.method)
     return TrialConfig(
@@ -110,7 +110,7 @@ def trial_config(suite: Suite, cell: Cell, hparams: dict[str, Any], seed: int) -
 
 def composed_methods(suite: Suite) -> list[str]:
     """Methods whose evaluate runs are composed with ERM by the selectors."""
-    from methods import get_method
+    from noharm.methods import get_method
 
     if not suite.selectors:
         return []
@@ -125,7 +125,7 @@ def composed_methods(suite: Suite) -> list[str]:
 
 def compose_candidate(method: str) -> str:
     """The candidate of `method` mixed with ERM: its experts, else its primary candidate."""
-    from methods import get_method
+    from noharm.methods import get_method
 
     cls = get_method(method)
     return cls.expert_candidate or cls.candidates[0]

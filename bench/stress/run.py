@@ -5,12 +5,12 @@ seed, every scenario of the stress suite (`bench/suites/stress.yaml`) shifts
 validation and/or test, every selector chooses on the shifted validation data,
 and the choice is scored against ERM on the shifted test data. Results are a
 tidy table (one row per scenario x severity x selector, columns
-`bench.stress_runner.COLUMNS`) plus, when the run can be routed blind, a table
+`bench.stress.runner.COLUMNS`) plus, when the run can be routed blind, a table
 of blind routing per true group.
 
-Pieces: `bench.stress_scenarios` (the shifts), `bench.stress_selection`
-(vectorised selectors), `bench.stress_runner` (the engine),
-`bench.stress_models` (re-scoring stored models), `bench.corruptions`.
+Pieces: `bench.stress.scenarios` (the shifts), `bench.stress.selection`
+(vectorised selectors), `bench.stress.runner` (the engine),
+`bench.stress.rescore` (re-scoring stored models), `bench.stress.corruptions`.
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ from typing import Sequence, Any, Callable
 import numpy as np
 import pandas as pd
 
-from bench.errors import ConfigError
-from bench.stress_models import ROUTERS, PairRescorer, RunFolder
-from bench.stress_runner import COLUMNS, SplitData, StressData, StressSettings, base_of, run_scenarios
-from bench.stress_scenarios import Scenario, ScenarioSkipped, make_scenarios
+from noharm.bench.errors import ConfigError
+from noharm.bench.stress.rescore import ROUTERS, PairRescorer, RunFolder
+from noharm.bench.stress.runner import COLUMNS, SplitData, StressData, StressSettings, base_of, run_scenarios
+from noharm.bench.stress.scenarios import Scenario, ScenarioSkipped, make_scenarios
 
 SUITE_KEYS = ("name", "repeats", "seed", "tolerance", "delta", "selectors", "router", "device", "candidate", "scenarios")
 BLIND_COLUMNS = ("dataset", "attribute", "method", "seed", "strategy", "group", "n", "routing_accuracy", "blind", "erm",
@@ -133,8 +133,8 @@ class StressOutcome:
 
 def expert_candidate(run: RunFolder, requested: str | None) -> str:
     """The candidate to stress: the requested one, else the method's declared expert candidate, else compose's default."""
-    from bench.compose import choose_candidate
-    from methods import UnknownNameError, get_method
+    from noharm.bench.compose import choose_candidate
+    from noharm.methods import UnknownNameError, get_method
 
     if requested is None:
         try:
@@ -195,7 +195,7 @@ def routing_arrays(preds: pd.DataFrame, rescorer: PairRescorer) -> tuple[np.ndar
 
 
 def _corruption_rescorer(data: StressData, rescorer: PairRescorer, dataset: str):
-    from datasets import DATASETS
+    from noharm.datasets import DATASETS
 
     kind = DATASETS.get(dataset).kind
 
@@ -223,12 +223,12 @@ def blind_tables(data: StressData, settings: StressSettings) -> tuple[pd.DataFra
     blind composition and of ERM, harm = ERM - blind, harmed), and the
     overall routing accuracy per split.
     """
-    from methods.selection import routing_accuracy
+    from noharm.methods.selection import routing_accuracy
 
     bases = sorted({base_of(s)[0] for s in settings.selectors if base_of(s)[1]})
     if not bases or not (data.val.has_routing and data.test.has_routing):
         return pd.DataFrame(columns=list(BLIND_COLUMNS)), {}
-    from bench.stress_runner import unshifted_choices
+    from noharm.bench.stress.runner import unshifted_choices
 
     choices = unshifted_choices(data, [f"blind:{b}" for b in bases], settings)
     rows, overall = [], {}
@@ -292,7 +292,7 @@ def run_stress_for_experiment(experiment: str, tracking_uri: str | None = None, 
     """
     import tempfile
 
-    from bench import tracking
+    from noharm.bench import tracking
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one line per artifact is noise here
     suite = load_stress_suite(suite_path, repeats=repeats, tolerance=tolerance)
@@ -373,7 +373,7 @@ def scenario_metrics(rows: pd.DataFrame) -> tuple[dict[str, float], list[tuple[i
 def log_outcome(tracker, outcome: StressOutcome, suite: StressSuite, run: dict, partner: dict, keys: dict[str, str],
                 done: set, scratch: Path) -> None:
     """Log one stress run per scenario (and one for blind routing) not yet in `done`."""
-    from bench import tracking
+    from noharm.bench import tracking
 
     src = run["tags"]
     base_tags = {f"{tracking.TAG}stage": "stress", f"{tracking.TAG}stressed_run": run["run_id"],

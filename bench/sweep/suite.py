@@ -34,7 +34,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from bench.errors import ConfigError
+from noharm.bench.errors import ConfigError
 
 ALL = "all"
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
@@ -213,7 +213,7 @@ def parse_suite(raw: Any, source: str = "<suite>", data_root: str | os.PathLike 
 
 def _expand_methods(raw: Any, source: str, errors: list[str]) -> list[dict[str, Any]]:
     """`all`, or a list of names / `all` / {name: {hparams}} items, into MethodEntry dicts."""
-    from methods import METHODS
+    from noharm.methods import METHODS
 
     if raw is None:
         errors.append(f"{source}: methods: missing; list method names or write `methods: all`")
@@ -294,11 +294,11 @@ def _model_at(loc: tuple) -> type[BaseModel] | None:
 
 def _check_registries(suite: Suite, source: str) -> list[str]:
     """Names and values checked against the dataset and method registries, one line per mistake."""
-    from bench.objectives import canonical
-    from datasets import DATASETS, DatasetError
-    from methods import METHODS
-    from methods.hparams import HparamError, resolve
-    from methods.selection import STRATEGIES
+    from noharm.bench.objectives import canonical
+    from noharm.datasets import DATASETS, DatasetError
+    from noharm.methods import METHODS
+    from noharm.methods.hparams import HparamError, resolve
+    from noharm.methods.selection import STRATEGIES
 
     errors: list[str] = []
     if not suite.datasets:
@@ -389,7 +389,7 @@ def _check_registries(suite: Suite, source: str) -> list[str]:
 
 def _resolve_roots(suite: Suite, data_root: str | os.PathLike | None) -> Suite:
     """Absolute dataset roots: relative ones anchored at data_root, missing ones `<data_root>/<name>`."""
-    from datasets import DATASETS
+    from noharm.datasets import DATASETS
 
     entries = []
     for entry in suite.datasets:
@@ -412,7 +412,7 @@ def check_files(suite: Suite) -> None:
 
     Called before any trial starts, so a wrong --data-root fails in a second.
     """
-    from datasets import DatasetError, get_dataset
+    from noharm.datasets import DatasetError, get_dataset
 
     for entry in suite.datasets:
         options = entry.resolved_options
