@@ -1,4 +1,6 @@
-"""MLflow -> one tidy DataFrame, through MLflow's own search API (`MlflowClient.search_runs`).
+"""MLflow -> one tidy DataFrame, through MLflow's own search API (`MlflowClient.search_runs`), or, for a
+`sqlite:` store, a few read-only SELECTs on the store's tables (`sqlite_experiment_runs`: the same runs, ten
+times faster, without importing MLflow).
 
 Reads what a sweep leaves in an experiment (README.md, "What a sweep leaves in MLflow"): runs tagged
 `noharm.stage` (search / evaluate / compose / stress), `noharm.dataset`,
@@ -20,6 +22,7 @@ import gc
 import json
 import math
 import os
+import sqlite3
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -30,12 +33,13 @@ from urllib.parse import unquote, urlparse
 import pandas as pd
 
 from noharm.analysis.record import (
-    EVALUATE, SPLITS, STRESS, STRESS_ARTIFACT, STRESS_COLUMNS, TABLE_STAGES, TAG, metric_name, parse_metric,
+    COMPOSE, EVALUATE, SPLITS, STRESS, STRESS_ARTIFACT, STRESS_COLUMNS, TABLE_STAGES, TAG, metric_name, parse_metric,
     primary_candidate,
 )
 
 # Hyperparameters of the ERM reference that table captions state (its recipe).
 REFERENCE_PARAMS = ("optimizer", "lr", "weight_decay", "epochs", "batch_size", "backbone")
+SEARCH_PAGE = 50_000  # runs per page of MLflow's search API (its largest page): 5,000 runs in one query
 TIDY_COLUMNS = ("run", "stage", "dataset", "target", "attribute", "method", "strategy", "candidate", "entry",
                 "primary", "seed", "split", "group", "metric", "value")
 RUN_COLUMNS = ("run", "status", "stage", "dataset", "target", "attribute", "method", "strategy", "seed",
@@ -108,29 +112,113 @@ def open_experiment(experiment: str, tracking_uri: str):
     return client, exp
 
 
-def search_all(client, experiment_id: str) -> list:
-    """Every active run of the experiment, all pages.
+@contextmanager
+def _collector_paused():
+    """Python's cyclic garbage collector off meanwhile (back on afterwards, also after an error).
 
-    Python's cyclic garbage collector is paused meanwhile: MLflow builds one ORM object per metric
-    (about a million for 5,000 runs) and the collector would rescan that growing heap again and
-    again (bench/perf/report_speed.py: 5,000 runs searched in 16.5 s instead of 33.8 s).
+    Reading a store builds one object per metric (about a million for 5,000 runs) and the collector
+    would rescan that growing heap again and again (bench/perf/report_speed.py: 5,000 runs searched
+    in 16.5 s instead of 33.8 s).
     """
-    from mlflow.entities import ViewType
-
     was_enabled = gc.isenabled()
     gc.disable()
     try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def search_all(client, experiment_id: str) -> list:
+    """Every active run of the experiment, all pages, as MLflow Runs (garbage collector paused)."""
+    from mlflow.entities import ViewType
+
+    with _collector_paused():
         out, token = [], None
         while True:
             page = client.search_runs([experiment_id], filter_string="", run_view_type=ViewType.ACTIVE_ONLY,
-                                      max_results=1000, page_token=token)
+                                      max_results=SEARCH_PAGE, page_token=token)
             out.extend(page)
             token = page.token
             if not token:
                 return out
+
+
+@dataclass(frozen=True)
+class StoredRun:
+    """What the report reads of one MLflow run: the same from MLflow's search API and `sqlite_experiment_runs`."""
+
+    run_id: str
+    status: str
+    start_time: int | None
+    artifact_uri: str
+    tags: dict[str, str]
+    params: dict[str, str]
+    metrics: dict[str, float]  # the latest value of each metric, as `Run.data.metrics`
+
+
+def stored_run(run) -> StoredRun:
+    """A StoredRun from an `mlflow.entities.Run`."""
+    return StoredRun(run.info.run_id, run.info.status, run.info.start_time, run.info.artifact_uri or "",
+                     dict(run.data.tags), dict(run.data.params), dict(run.data.metrics))
+
+
+# The tables and columns of MLflow's SQL tracking store that `sqlite_experiment_runs` reads
+# (mlflow/store/tracking/dbmodels/models.py: SqlExperiment, SqlRun, SqlTag, SqlParam, SqlLatestMetric).
+SQL_COLUMNS = {"experiments": ("experiment_id", "name", "lifecycle_stage"),
+               "runs": ("run_uuid", "status", "start_time", "artifact_uri", "experiment_id", "lifecycle_stage"),
+               "tags": ("run_uuid", "key", "value"), "params": ("run_uuid", "key", "value"),
+               "latest_metrics": ("run_uuid", "key", "value", "is_nan")}
+_ACTIVE_RUNS = "SELECT run_uuid FROM runs WHERE experiment_id = ? AND lifecycle_stage = 'active'"
+
+
+def sqlite_experiment_runs(db: Path, experiment: str) -> tuple[str, list[StoredRun]] | None:
+    """(experiment id, every active run) of an active experiment, read from the file of a `sqlite:` store;
+    None when the file, the experiment or the tables are not what this reader knows (the caller then goes
+    through MLflow's API, which also says what is wrong).
+
+    Why not MLflow's API here: `MlflowClient.search_runs` goes through SQLAlchemy's ORM, which builds one
+    object per metric, param and tag and expires each when its read-only session commits, and opening the
+    store imports MLflow and checks its schema with alembic. That was 3.5 s of the default suite's report
+    (828 runs) and grows to ~20 s at 5,000 runs; these SELECTs take a tenth of it. They read what
+    `SqlRun.to_mlflow_entity` reads (a run's latest metrics, its params and tags; NaN where `is_nan`) through
+    a read-only connection inside one transaction (one snapshot, should a sweep be writing). The columns are
+    checked first, so a store of another schema goes through the API instead of being misread.
+    tests/test_report_fast_path.py holds both paths to the same runs, frames and report bytes.
+    """
+    try:
+        con = sqlite3.connect(f"{db.absolute().as_uri()}?mode=ro", uri=True, isolation_level=None)
+    except sqlite3.Error:
+        return None
+    try:
+        for table, columns in SQL_COLUMNS.items():
+            have = {row[1] for row in con.execute(f"PRAGMA table_info({table})")}
+            if not set(columns) <= have:
+                return None
+        with _collector_paused():
+            con.execute("BEGIN")
+            found = con.execute("SELECT experiment_id FROM experiments WHERE name = ? AND lifecycle_stage = 'active'",
+                                (experiment,)).fetchall()
+            if len(found) != 1:
+                return None
+            exp = found[0][0]
+            runs = {run_id: (status, start, artifacts or "", {}, {}, {}) for run_id, status, start, artifacts in
+                    con.execute("SELECT run_uuid, status, start_time, artifact_uri FROM runs "
+                                "WHERE experiment_id = ? AND lifecycle_stage = 'active'", (exp,))}
+            for slot, table in ((3, "tags"), (4, "params")):
+                for run_id, key, value in con.execute(
+                        f"SELECT run_uuid, key, value FROM {table} WHERE run_uuid IN ({_ACTIVE_RUNS})", (exp,)):
+                    runs[run_id][slot][key] = value
+            for run_id, key, value, is_nan in con.execute(
+                    f"SELECT run_uuid, key, value, is_nan FROM latest_metrics WHERE run_uuid IN ({_ACTIVE_RUNS})",
+                    (exp,)):
+                runs[run_id][5][key] = math.nan if is_nan else value
+            con.execute("COMMIT")
+            return str(exp), [StoredRun(run_id, *fields) for run_id, fields in runs.items()]
+    except sqlite3.Error:
+        return None
     finally:
-        if was_enabled:
-            gc.enable()
+        con.close()
 
 
 def _groups(tags: dict[str, str]) -> list[str]:
@@ -148,17 +236,17 @@ def _seed(value: Any) -> int | None:
         return None
 
 
-def run_record(run) -> dict[str, Any]:
-    """One row of the runs table from an MLflow Run."""
-    tags = run.data.tags
+def run_record(run: StoredRun) -> dict[str, Any]:
+    """One row of the runs table from a StoredRun."""
+    tags = run.tags
     return {
-        "run": run.info.run_id, "status": run.info.status, "stage": tags.get(f"{TAG}stage", ""),
+        "run": run.run_id, "status": run.status, "stage": tags.get(f"{TAG}stage", ""),
         "dataset": tags.get(f"{TAG}dataset", ""), "target": tags.get(f"{TAG}target", ""),
         "attribute": tags.get(f"{TAG}attribute", ""), "method": tags.get(f"{TAG}method", ""),
         "strategy": tags.get(f"{TAG}strategy", ""), "seed": _seed(tags.get(f"{TAG}seed", "")),
         "candidates": tags.get(f"{TAG}candidates", ""), "groups": tags.get(f"{TAG}groups", ""),
         "scenario": tags.get(f"{TAG}scenario", ""), "git_commit": tags.get(f"{TAG}git_commit", ""),
-        "start_time": int(run.info.start_time or 0),
+        "start_time": int(run.start_time or 0),
     }
 
 
@@ -167,30 +255,51 @@ def entry_label(stage: str, method: str, strategy: str, candidate: str, primary:
 
     The `experts` and `erm` copies inside a composition repeat the evaluate runs' numbers, so they get "".
     """
-    if stage == "compose":
+    if stage == COMPOSE:
         return f"{method} + {strategy}" if candidate == primary else ""
     return method if candidate == primary else f"{method} [{candidate}]"
 
 
-def tidy_rows(record: dict[str, Any], metrics: dict[str, float]) -> list[tuple]:
-    """Tidy rows (in TIDY_COLUMNS order) of one evaluate or compose run."""
-    groups = _groups({f"{TAG}groups": record["groups"]})
-    group_of = {metric_name(g): g for g in groups}
+def _metric_cells(name: str, group_of: dict[str, str], stage: str, method: str, strategy: str,
+                  primary: str) -> tuple | None:
+    """(candidate, entry, primary flag, split, group, metric) of one metric of a run, or None when ignored."""
+    parsed = parse_metric(name, group_of)
+    if parsed is None:
+        return None
+    split, candidate, metric, group = parsed
+    if split == "selection":
+        candidate = primary  # the selector's per-group choice belongs to the selected candidate
+    # cost and selection numbers describe the run, so they carry the run's own row name
+    label = entry_label(stage, method, strategy, candidate if split in SPLITS else primary, primary)
+    return candidate, label, candidate == primary or split == "cost", split, group, metric
+
+
+def tidy_rows(record: dict[str, Any], metrics: dict[str, float], memo: dict | None = None) -> list[tuple]:
+    """Tidy rows (in TIDY_COLUMNS order) of one evaluate or compose run.
+
+    `memo` (one dict shared over the runs of a collection) keeps what each metric name means for runs of
+    the same kind: the seeds of a method log the same names, so each is parsed once, not once per seed.
+    """
     primary = primary_candidate(record["stage"], record["candidates"], record["strategy"])
+    kind = (record["groups"], record["stage"], record["method"], record["strategy"], primary)
+    meanings = (memo if memo is not None else {}).setdefault(kind, {})
+    group_of = None
+    head = (record["run"], record["stage"], record["dataset"], record["target"], record["attribute"],
+            record["method"], record["strategy"])
+    seed = record["seed"]
     rows = []
     for name, value in metrics.items():
-        parsed = parse_metric(name, group_of)
-        if parsed is None or value is None or (isinstance(value, float) and math.isnan(value)):
+        if value is None or (isinstance(value, float) and math.isnan(value)):
             continue
-        split, candidate, metric, group = parsed
-        if split == "selection":
-            candidate = primary  # the selector's per-group choice belongs to the selected candidate
-        # cost and selection numbers describe the run, so they carry the run's own row name
-        label = entry_label(record["stage"], record["method"], record["strategy"],
-                            candidate if split in SPLITS else primary, primary)
-        rows.append((record["run"], record["stage"], record["dataset"], record["target"], record["attribute"],
-                     record["method"], record["strategy"], candidate, label, candidate == primary or split == "cost",
-                     record["seed"], split, group, metric, float(value)))
+        if name not in meanings:
+            if group_of is None:
+                group_of = {metric_name(g): g for g in _groups({f"{TAG}groups": record["groups"]})}
+            meanings[name] = _metric_cells(name, group_of, *kind[1:])
+        cells = meanings[name]
+        if cells is None:
+            continue
+        candidate, label, is_primary, split, group, metric = cells
+        rows.append((*head, candidate, label, is_primary, seed, split, group, metric, float(value)))
     return rows
 
 
@@ -209,22 +318,54 @@ def _quiet_downloads():
             os.environ[key] = before
 
 
-def _stress_frame(client, runs: list) -> pd.DataFrame:
+def local_artifact_dir(artifact_uri: str) -> Path | None:
+    """The folder of a run's artifacts when its artifact URI is a path on this machine (`file:` or no scheme),
+    else None (a tracking server, S3, ...: those go through MLflow's download API)."""
+    parsed = urlparse(artifact_uri)
+    if parsed.scheme == "file" and parsed.netloc in ("", "localhost"):
+        return Path(unquote(parsed.path))
+    if parsed.scheme == "" or len(parsed.scheme) == 1:  # a plain path, or a Windows drive letter
+        return Path(artifact_uri)
+    return None
+
+
+def _read_stress(frame: pd.DataFrame, run_id: str) -> pd.DataFrame:
+    missing = [c for c in STRESS_COLUMNS if c not in frame.columns]
+    if missing:
+        raise AnalysisError(f"{STRESS_ARTIFACT} of MLflow run {run_id} lacks column(s) {', '.join(missing)}; "
+                            "rerun `noharm stress` with this version of noharm")
+    frame.insert(0, "run", run_id)
+    return frame
+
+
+def _stress_file(client, run: StoredRun, tmp: Path) -> Path | None:
+    """The run's stress.parquet on this machine (None when the run has none).
+
+    Artifacts on this machine's file system are read where they lie: listing and copying each run's
+    artifacts through `MlflowClient` cost ~15 ms a run (1.5 s of the default suite's report, 108 stress
+    runs) for files pandas can open in place. Other artifact stores are downloaded through MLflow.
+    """
+    folder = local_artifact_dir(run.artifact_uri)
+    if folder is not None:
+        path = folder / STRESS_ARTIFACT
+        return path if path.is_file() else None
+    run_id = run.run_id
+    if STRESS_ARTIFACT not in {a.path for a in client.list_artifacts(run_id)}:
+        return None
+    return Path(client.download_artifacts(run_id, STRESS_ARTIFACT, str(tmp / run_id)))
+
+
+def _stress_frame(tracking_uri: str, runs: list[StoredRun], client=None) -> pd.DataFrame:
     frames = []
     with tempfile.TemporaryDirectory(prefix="noharm-report-") as tmp, _quiet_downloads():
         for run in runs:
-            run_id = run.info.run_id
-            present = {a.path for a in client.list_artifacts(run_id)}
-            if STRESS_ARTIFACT not in present:
-                continue
-            local = client.download_artifacts(run_id, STRESS_ARTIFACT, str(Path(tmp) / run_id))
-            frame = pd.read_parquet(local)
-            missing = [c for c in STRESS_COLUMNS if c not in frame.columns]
-            if missing:
-                raise AnalysisError(f"{STRESS_ARTIFACT} of MLflow run {run_id} lacks column(s) {', '.join(missing)}; "
-                                    "rerun `noharm stress` with this version of noharm")
-            frame.insert(0, "run", run_id)
-            frames.append(frame)
+            if client is None and local_artifact_dir(run.artifact_uri) is None:
+                from mlflow.tracking import MlflowClient
+
+                client = MlflowClient(tracking_uri=tracking_uri)
+            path = _stress_file(client, run, Path(tmp))
+            if path is not None:
+                frames.append(_read_stress(pd.read_parquet(path), run.run_id))
     if not frames:
         return pd.DataFrame(columns=["run", *STRESS_COLUMNS])
     out = pd.concat(frames, ignore_index=True)
@@ -240,13 +381,23 @@ def collect(experiment: str, tracking_uri: str | None = None, stress: bool = Tru
     strategy, seed) keep the oldest, as the sweep's resume does. Rows are sorted,
     so the same store always gives the same frames.
     """
-    import mlflow
+    if tracking_uri:
+        uri = tracking_uri
+    else:
+        import mlflow
 
-    uri = tracking_uri or mlflow.get_tracking_uri()
-    client, exp = open_experiment(experiment, uri)
-    all_runs = search_all(client, exp.experiment_id)
+        uri = mlflow.get_tracking_uri()
+    db = sqlite_path(uri)
+    found = sqlite_experiment_runs(db, experiment) if db is not None and db.is_file() else None
+    client = None
+    if found is not None:
+        experiment_id, all_runs = found
+    else:  # any other store, or a sqlite store this reader does not know: MLflow's API (and its error messages)
+        client, exp = open_experiment(experiment, uri)
+        experiment_id = str(exp.experiment_id)
+        all_runs = [stored_run(r) for r in search_all(client, experiment_id)]
     records = [run_record(r) for r in all_runs]
-    by_id = {r.info.run_id: r for r in all_runs}
+    by_id = {r.run_id: r for r in all_runs}
     runs = pd.DataFrame(records, columns=list(RUN_COLUMNS))
     runs = runs.sort_values(["stage", "dataset", "target", "attribute", "method", "strategy", "seed", "start_time",
                              "run"], na_position="last", kind="mergesort").reset_index(drop=True)
@@ -266,17 +417,18 @@ def collect(experiment: str, tracking_uri: str | None = None, stress: bool = Tru
         notes.append(f"{int(dup.sum())} duplicate finished run(s) ignored (the oldest of each key is used)")
         usable = usable[~dup]
     rows: list[tuple] = []
+    memo: dict = {}
     for record in usable.to_dict("records"):
         record["seed"] = int(record["seed"])
-        rows.extend(tidy_rows(record, by_id[record["run"]].data.metrics))
+        rows.extend(tidy_rows(record, by_id[record["run"]].metrics, memo))
     tidy = pd.DataFrame(rows, columns=list(TIDY_COLUMNS))
     tidy = tidy.astype({"seed": "int64", "value": "float64", "primary": "bool"})
     tidy = tidy.sort_values(["dataset", "target", "attribute", "stage", "method", "strategy", "candidate", "seed",
                              "split", "metric", "group", "run"], kind="mergesort").reset_index(drop=True)
     reference = reference_params(usable, by_id)
     stress_runs = [by_id[r] for r in runs[(runs["status"] == "FINISHED") & (runs["stage"] == STRESS)]["run"]]
-    stress_rows = _stress_frame(client, stress_runs) if stress else pd.DataFrame(columns=["run", *STRESS_COLUMNS])
-    return Collection(experiment=experiment, experiment_id=str(exp.experiment_id), tracking_uri=uri, tidy=tidy,
+    stress_rows = _stress_frame(uri, stress_runs, client) if stress else pd.DataFrame(columns=["run", *STRESS_COLUMNS])
+    return Collection(experiment=experiment, experiment_id=experiment_id, tracking_uri=uri, tidy=tidy,
                       runs=runs, stress=stress_rows, notes=notes, reference=reference)
 
 
@@ -284,7 +436,7 @@ def reference_params(usable: pd.DataFrame, by_id: dict) -> pd.DataFrame:
     """The logged REFERENCE_PARAMS of every used ERM evaluate run (params not logged were ERM's defaults)."""
     erm = usable[(usable["stage"] == EVALUATE) & (usable["method"] == "erm")]
     rows = [(r["dataset"], r["target"], r["attribute"], int(r["seed"]), k, str(v))
-            for r in erm.to_dict("records") for k, v in sorted(by_id[r["run"]].data.params.items())
+            for r in erm.to_dict("records") for k, v in sorted(by_id[r["run"]].params.items())
             if k in REFERENCE_PARAMS]
     frame = pd.DataFrame(rows, columns=list(REFERENCE_COLUMNS))
     return frame.sort_values(list(REFERENCE_COLUMNS), kind="mergesort").reset_index(drop=True)

@@ -150,8 +150,9 @@ def write_report(experiment: str, tracking_uri: str | None, out_dir: str | os.Pa
             report.paths += tables.write_table(doc, out / "tables")
     groups = tables.group_order(col)
     plot_paths: list[Path] = []
+    intervals = plots.difference_intervals(col.tidy, protocol)  # every task's, once
     for task in iter_tasks(col.tidy[col.tidy["split"] == "test"]):
-        plot_paths += plots.group_bars(col.tidy, task, groups.get(task, []), out / "plots", protocol)
+        plot_paths += plots.group_bars(col.tidy, task, groups.get(task, []), out / "plots", protocol, intervals)
         plot_paths += plots.pareto(summary, task, out / "plots")
     if not col.stress.empty:
         plot_paths += plots.stress_curves(tables.stress_summary(col.stress), out / "plots")

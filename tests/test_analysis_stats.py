@@ -89,3 +89,14 @@ def test_bootstrap_interval_agrees_with_scipy_percentile_bootstrap():
     med = stats.bootstrap_interval(x, statistic=lambda r: np.median(r, axis=1), seed=5)
     assert med.mean == pytest.approx(np.median(x)) and med.low <= med.mean <= med.high
     assert math.isnan(stats.bootstrap_interval([1.0]).low)
+
+
+def test_fast_t_distribution_calls_give_scipys_bits():
+    # The report calls these thousands of times; they must stay bit-identical to scipy.stats.t (the tables'
+    # bytes depend on it).
+    for df in (1, 2, 3, 4, 9, 29, 99):
+        for t in (-40.0, -3.2, -1.0, -1e-9, 0.0, 0.37, 2.5, 1e6, math.inf, -math.inf):
+            assert stats._t_cdf(t, df) == float(st.t.cdf(t, df)), (t, df)
+        for q in (0.9, 0.95, 0.975, 0.995):
+            assert stats._t_quantile(q, df) == float(st.t.ppf(q, df)), (q, df)
+    assert math.isnan(stats._t_cdf(math.nan, 3)) and math.isnan(float(st.t.cdf(math.nan, 3)))

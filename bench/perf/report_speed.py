@@ -1,4 +1,5 @@
-"""`noharm report` time on a store of any size: a synthetic store grown from a real one, profiled by phase.
+"""`noharm report` time on a store of any size: a synthetic store grown from a real one, timed as a whole
+command and profiled by phase.
 
 Run by hand from the repository root:
 
@@ -7,22 +8,30 @@ Run by hand from the repository root:
 Copies the FINISHED evaluate and compose runs of the source experiment (tags, params, metrics) into a
 new store as many times as needed to reach `--runs`, shifting `noharm.seed` by the number of source
 seeds per copy so every copy is a new set of seeds (the tables get more seeds, not duplicate rows).
-Then runs the report into a temporary folder under cProfile and prints the wall time and the share of
-the main phases (collecting through MLflow's search API, tables, plots, leaderboard). Appends a line
-to bench/perf/RESULTS.md. Stress runs are not copied (they need their artifacts).
+`--runs 0` reports on the source itself (stress runs and all). For each store: the wall time of the
+whole `noharm report` command in a fresh process (Python start-up included; `--repeats` runs, median),
+then `write_report` under cProfile with the share of the main phases (reading the store, tables, plots,
+leaderboard). `--check-api` also writes the report through MLflow's search API instead of the SQL read
+and says whether every file has the same bytes. Appends a section to bench/perf/RESULTS.md.
+Stress runs are not copied into synthetic stores (they need their artifacts).
 """
 
 from __future__ import annotations
 
 import argparse
 import cProfile
+import hashlib
 import os
 import pstats
+import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 PHASES = {  # (file suffix, function name) -> phase of `analysis.report.write_report`
+    ("collect.py", "sqlite_experiment_runs"): "store read (SQL)",
     ("collect.py", "search_all"): "MLflow search",
     ("collect.py", "collect"): "collect (search + tidy)",
     ("tables.py", "summarise"): "summary",
@@ -92,12 +101,55 @@ def profile_report(uri: str, experiment: str) -> tuple[float, dict[str, float]]:
     return wall, phases
 
 
+def command_wall(uri: str, experiment: str, repeats: int) -> list[float]:
+    """Wall seconds of `python -m noharm.bench.cli report` in a fresh process each time (start-up included)."""
+    walls = []
+    for _ in range(repeats):
+        with tempfile.TemporaryDirectory(prefix="noharm-report-cmd-") as out:
+            t0 = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "noharm.bench.cli", "report", "--experiment", experiment,
+                            "--tracking-uri", uri, "--out", out], check=True, stdout=subprocess.DEVNULL,
+                           env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
+            walls.append(time.perf_counter() - t0)
+    return walls
+
+
+def _hashes(folder: Path) -> dict[str, str]:
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def same_as_search_api(uri: str, experiment: str) -> str:
+    """Whether the report read by SQL and the report read through MLflow's search API have the same bytes."""
+    import noharm.analysis.collect as collect_mod
+    from noharm.analysis.report import write_report
+
+    with tempfile.TemporaryDirectory(prefix="noharm-report-check-") as tmp:
+        write_report(experiment, uri, Path(tmp) / "sql")
+        fast = collect_mod.sqlite_experiment_runs
+        collect_mod.sqlite_experiment_runs = lambda db, name: None
+        try:
+            t0 = time.perf_counter()
+            write_report(experiment, uri, Path(tmp) / "api")
+            api_wall = time.perf_counter() - t0
+        finally:
+            collect_mod.sqlite_experiment_runs = fast
+        a, b = _hashes(Path(tmp) / "sql"), _hashes(Path(tmp) / "api")
+    same = "same bytes" if a == b else f"DIFFERENT: {sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))}"
+    return f"{same} in {len(a)} files as through MLflow's search API (that report: {api_wall:.1f} s)"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--source", required=True, help="a sweep's mlflow.db (or a tracking URI)")
     parser.add_argument("--experiment", required=True)
-    parser.add_argument("--runs", type=int, nargs="+", default=[558, 5000])
+    parser.add_argument("--runs", type=int, nargs="+", default=[0, 5000],
+                        help="store sizes; 0 is the source itself (default: 0 5000)")
     parser.add_argument("--work", default=None, help="folder for the synthetic stores (default: temporary)")
+    parser.add_argument("--repeats", type=int, default=3, help="whole-command runs per store (default: 3)")
+    parser.add_argument("--check-api", action="store_true",
+                        help="also compare the report's bytes with one read through MLflow's search API")
+    parser.add_argument("--note", default="", help="a line on the machine's load, added to RESULTS.md")
     args = parser.parse_args()
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     source = args.source if "://" in args.source or args.source.startswith("sqlite:") \
@@ -105,23 +157,29 @@ def main() -> None:
     work = Path(args.work or tempfile.mkdtemp(prefix="noharm-report-stores-"))
     lines = []
     for n in args.runs:
-        db = work / f"store-{n}.db"
-        uri = f"sqlite:///{db}"
-        t0 = time.perf_counter()
-        if not db.exists():
-            made = grow(source, args.experiment, uri, n)
+        if n == 0:
+            uri, made, built = source, "the source's", 0.0
         else:
-            made = n
-        built = time.perf_counter() - t0
+            db = work / f"store-{n}.db"
+            uri = f"sqlite:///{db}"
+            t0 = time.perf_counter()
+            made = str(grow(source, args.experiment, uri, n) if not db.exists() else n)
+            built = time.perf_counter() - t0
+        walls = command_wall(uri, args.experiment, args.repeats)
         wall, phases = profile_report(uri, args.experiment)
         shares = ", ".join(f"{k} {v:.1f} s" for k, v in sorted(phases.items(), key=lambda kv: -kv[1]))
-        lines.append(f"- {made} runs (built in {built:.0f} s): `write_report` {wall:.1f} s under cProfile; {shares}")
+        line = (f"- {made} runs (built in {built:.0f} s): `noharm report` {statistics.median(walls):.1f} s wall "
+                f"(median of {', '.join(f'{w:.1f}' for w in walls)}; whole command); `write_report` {wall:.1f} s "
+                f"under cProfile: {shares}")
+        if args.check_api:
+            line += f"; {same_as_search_api(uri, args.experiment)}"
+        lines.append(line)
         print(lines[-1], flush=True)
     from noharm.bench.perf.common import append_results
 
-    append_results("report_speed.py: `noharm report` on synthetic stores",
-                   f"Grown from {args.source} (experiment {args.experiment!r}); cProfile adds overhead.\n\n"
-                   + "\n".join(lines))
+    append_results("report_speed.py: `noharm report` on the source store and synthetic stores",
+                   f"Grown from {args.source} (experiment {args.experiment!r}); cProfile adds overhead. "
+                   f"{args.note}\n\n" + "\n".join(lines))
 
 
 if __name__ == "__main__":
