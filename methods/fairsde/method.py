@@ -142,7 +142,7 @@ class FairSDE(Provenance, TorchMethod):
     }
     reference = "Carco-git/FairSDE train.py and model.py (argparse defaults); docs/fairsde.md"
     departures = (
-        "budget: the suite's epochs and batch size (authors: 50 epochs, batch 256), the same for ERM",
+        "budget: the suite's epochs and batch size, else the dataset's declared budget (authors: 50 epochs, batch 256), the same for ERM",
         "L_div without an other-group same-class row in the batch drops its negative term (authors: batch row 0)",
         "the ERM reference is trained and searched like any method (authors: a checkpoint path that is never "
         "formatted, so their ERM stays random)",
