@@ -129,8 +129,10 @@ def test_a_lost_worker_node_is_survived_and_a_new_node_gets_work(tmp_path_factor
     temp = Path(tempfile.mkdtemp(prefix="nh-cl-", dir="/tmp"))  # short: Ray's socket paths live here
     (temp / "ray").mkdir()
     monkeypatch.setenv("RAY_TMPDIR", str(temp))  # the cluster's address file goes here, not to /tmp/ray
-    suite = write_suite(tmp_path / "nodes.yaml", name="nodes", seeds=[0, 1, 2], methods=["erm", "group-models"],
-                        datasets=[{"name": "adult", "attributes": ["sex"]}], hparams={"epochs": 1},
+    # Four seeds of 4-epoch trials: work is left for the node that joins after the loss (1-epoch trials of a
+    # second each had let the surviving node finish the sweep before a new node's first worker was up).
+    suite = write_suite(tmp_path / "nodes.yaml", name="nodes", seeds=[0, 1, 2, 3], methods=["erm", "group-models"],
+                        datasets=[{"name": "adult", "attributes": ["sex"]}], hparams={"epochs": 4},
                         selectors=["greedy"], max_concurrent=3, retries=1)
     server, url, store = start_mlflow_server(tmp_path, env)
     cluster = driver = second = None
@@ -149,10 +151,11 @@ def test_a_lost_worker_node_is_survived_and_a_new_node_gets_work(tmp_path_factor
         wait_running_on(client, "nodes", lost.node_id, driver)
         # A second driver, started while the first holds the lease: refused (it runs alongside).
         second = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        # A node joins mid-sweep: the suite allows 3 trials at once and 2 nodes were up, so it takes work.
-        added = cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
         wait_running_on(client, "nodes", lost.node_id, driver)
         cluster.remove_node(lost, allow_graceful=False)
+        # A node joins mid-sweep, after the loss: one CPU is left for trials that wait, so it takes work.
+        added = cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
+        cluster.wait_for_nodes()
         second_out, second_err = second.communicate(timeout=120)
         stdout, stderr = driver.communicate(timeout=300)
     finally:
@@ -179,7 +182,7 @@ def test_a_lost_worker_node_is_survived_and_a_new_node_gets_work(tmp_path_factor
             join tags t_node on t_node.run_uuid = r.run_uuid and t_node.key = 'noharm.node'""").fetchall()
         lease_left = con.execute("select count(*) from experiment_tags where key like 'noharm.lease.%'").fetchone()[0]
     finished = Counter((stage, key) for stage, key, _, status in rows if status == "FINISHED")
-    assert Counter(stage for stage, _ in finished) == {"evaluate": 6, "compose": 3}
+    assert Counter(stage for stage, _ in finished) == {"evaluate": 8, "compose": 4}
     assert set(finished.values()) == {1}, "a key FINISHED more than once"
     statuses = Counter(status for *_, status in rows)
     assert statuses["RUNNING"] == 0 and set(statuses) <= {"FINISHED", "FAILED"}
