@@ -116,9 +116,10 @@ def wait_running_on(client, experiment: str, node_id: str, driver: subprocess.Po
 
 def test_a_lost_worker_node_is_survived_and_a_new_node_gets_work(tmp_path_factory, tmp_path, monkeypatch):
     """Ray's own test cluster: a head (no CPUs) and two 1-CPU worker nodes, an MLflow server, `noharm run
-    --address`. One worker node is removed while a trial runs on it and a fresh node is added: Tune's
-    FailureConfig retries the lost trial elsewhere, the sweep exits 0, every key is FINISHED exactly once, the
-    lost attempt ends FAILED (not RUNNING), and the new node runs trials. A second driver is refused meanwhile."""
+    --address`. One worker node is removed while a trial runs on it, a fresh node is added, then the other
+    original node leaves too: Tune's FailureConfig retries the lost trials elsewhere, the sweep exits 0, every
+    key is FINISHED exactly once, the lost attempts end FAILED (not RUNNING), and the new node runs trials.
+    A second driver is refused meanwhile."""
     from mlflow.tracking import MlflowClient
     from ray.cluster_utils import Cluster
 
@@ -129,11 +130,9 @@ def test_a_lost_worker_node_is_survived_and_a_new_node_gets_work(tmp_path_factor
     temp = Path(tempfile.mkdtemp(prefix="nh-cl-", dir="/tmp"))  # short: Ray's socket paths live here
     (temp / "ray").mkdir()
     monkeypatch.setenv("RAY_TMPDIR", str(temp))  # the cluster's address file goes here, not to /tmp/ray
-    # Four seeds of 4-epoch trials: work is left for the node that joins after the loss (1-epoch trials of a
-    # second each had let the surviving node finish the sweep before a new node's first worker was up).
     suite = write_suite(tmp_path / "nodes.yaml", name="nodes", seeds=[0, 1, 2, 3], methods=["erm", "group-models"],
                         datasets=[{"name": "adult", "attributes": ["sex"]}], hparams={"epochs": 4},
-                        selectors=["greedy"], max_concurrent=3, retries=1)
+                        selectors=["greedy"], max_concurrent=3, retries=2)
     server, url, store = start_mlflow_server(tmp_path, env)
     cluster = driver = second = None
     try:
@@ -142,7 +141,7 @@ def test_a_lost_worker_node_is_survived_and_a_new_node_gets_work(tmp_path_factor
             "num_cpus": 0, "temp_dir": str(temp), "include_dashboard": False, "node_ip_address": "127.0.0.1",
             "_system_config": {"health_check_period_ms": 300, "health_check_failure_threshold": 3}})
         lost = cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
-        cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
+        other = cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
         wait_healthy(url, server)
         cmd = [sys.executable, "-m", "noharm.bench.cli", "run", str(suite), "--out", str(tmp_path / "out"),
                "--address", cluster.address, "--tracking-uri", url, "--quiet"]
@@ -153,9 +152,13 @@ def test_a_lost_worker_node_is_survived_and_a_new_node_gets_work(tmp_path_factor
         second = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         wait_running_on(client, "nodes", lost.node_id, driver)
         cluster.remove_node(lost, allow_graceful=False)
-        # A node joins mid-sweep, after the loss: one CPU is left for trials that wait, so it takes work.
+        # A node joins mid-sweep. With reuse_actors Tune keeps feeding the surviving node's actor, so to make
+        # the new node's share certain (not a race with fast trials) the other original node leaves too once
+        # the new one is up: the rest of the sweep can only run on the node that joined.
         added = cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
         cluster.wait_for_nodes()
+        wait_running_on(client, "nodes", other.node_id, driver)
+        cluster.remove_node(other, allow_graceful=False)
         second_out, second_err = second.communicate(timeout=120)
         stdout, stderr = driver.communicate(timeout=300)
     finally:
