@@ -49,11 +49,6 @@ BLIND_COLUMNS = ("dataset", "attribute", "method", "seed", "strategy", "group", 
 _FORBIDDEN = re.compile(r"[^\w.\- :/]")
 
 
-def tag(name: str) -> str:
-    """The MLflow tag key of a noharm tag: `tag("stage")` -> `noharm.stage`."""
-    return f"{TAG}{name}"
-
-
 def untag(tags: Mapping[str, str]) -> dict[str, str]:
     """A run's noharm tags without the prefix (other tags dropped)."""
     return {k.removeprefix(TAG): v for k, v in tags.items() if k.startswith(TAG)}

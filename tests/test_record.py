@@ -29,7 +29,6 @@ def test_primary_candidate_of_each_stage():
     assert R.primary_candidate(R.EVALUATE, "experts,centers", "") == "experts"
     assert R.primary_candidate(R.EVALUATE, "", "") == "model"
     assert R.untag({"noharm.stage": "evaluate", "mlflow.runName": "x"}) == {"stage": "evaluate"}
-    assert R.tag("stage") == "noharm.stage"
 
 
 SPELLINGS = [r"[\"']noharm\.(stage|key|suite|method|dataset|seed|groups|candidates)[\"']", r"f[\"']noharm\.\{",

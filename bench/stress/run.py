@@ -30,7 +30,7 @@ import yaml
 
 from noharm.analysis.record import (
     BLIND_ARTIFACT, BLIND_COLUMNS, BLIND_SCENARIO, CONFIG_ARTIFACT, EVALUATE, MODEL_ARTIFACT, PREDICTIONS_ARTIFACT,
-    STRESS, STRESS_ARTIFACT, TAG, tag,
+    STRESS, STRESS_ARTIFACT, TAG,
 )
 from noharm.bench import tracking
 from noharm.bench.compose import choose_candidate
@@ -307,8 +307,8 @@ def run_stress_for_experiment(experiment: str, tracking_uri: str | None = None, 
     tables = []
     for run in runs:
         tags = run["tags"]
-        what = (f"{tags.get(tag('method'))} on {tags.get(tag('dataset'))} ({tags.get(tag('attribute'))}), "
-                f"seed {tags.get(tag('seed'))}, run {run['run_id']}")
+        what = (f"{tags.get(TAG + 'method')} on {tags.get(TAG + 'dataset')} ({tags.get(TAG + 'attribute')}), "
+                f"seed {tags.get(TAG + 'seed')}, run {run['run_id']}")
         if tags.get(f"{TAG}method") == "erm" or (methods and tags.get(f"{TAG}method") not in methods):
             continue
         partner = erm.get(_pair_key(run))
@@ -419,7 +419,7 @@ def log_outcome(tracker, outcome: StressOutcome, suite: StressSuite, run: dict, 
 
 def _pair_key(run: dict) -> tuple:
     t = run["tags"]
-    return tuple(str(t.get(tag(k))) for k in ("suite", "dataset", "target", "attribute", "seed"))
+    return tuple(str(t.get(f"{TAG}{k}")) for k in ("suite", "dataset", "target", "attribute", "seed"))
 
 
 def _folder(path: str | os.PathLike, run: dict) -> RunFolder:
@@ -430,8 +430,8 @@ def _folder(path: str | os.PathLike, run: dict) -> RunFolder:
     if not (path / PREDICTIONS_ARTIFACT).is_file():
         raise ConfigError(f"MLflow run {run['run_id']} has no {PREDICTIONS_ARTIFACT}")
     for key in ("dataset", "attribute", "method"):
-        config.setdefault(key, tags.get(tag(key)))
-    config.setdefault("seed", int(tags.get(tag("seed"), 0)))
+        config.setdefault(key, tags.get(f"{TAG}{key}"))
+    config.setdefault("seed", int(tags.get(f"{TAG}seed", 0)))
     if "resolved_hparams" not in config:  # rebuild from the run's params (one per hyperparameter)
         config["resolved_hparams"] = {k: yaml.safe_load(v) for k, v in params.items()
                                       if "." not in k and not k.startswith("trial")}

@@ -33,8 +33,8 @@ from pathlib import Path
 
 from mlflow.exceptions import MlflowException
 
-from noharm.bench.errors import ConfigError
 from noharm.analysis.record import TAG
+from noharm.bench.errors import ConfigError
 from noharm.bench.tracking import Tracker
 
 HEARTBEAT = 10.0

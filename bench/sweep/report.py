@@ -14,8 +14,8 @@ import math
 import numpy as np
 import pandas as pd
 
-from noharm.analysis.collect import TIDY_COLUMNS, tidy_rows
-from noharm.analysis.record import COMPOSE, metric_name, primary_candidate
+from noharm.analysis.collect import TIDY_COLUMNS, entry_label, tidy_rows
+from noharm.analysis.record import metric_name, primary_candidate
 from noharm.analysis.tables import below_erm_counts
 
 COLUMNS = {"acc": "acc", "worst_acc": "acc/worst", "acc_gap": "acc/gap", "worst_auc": "auc/worst"}
@@ -56,9 +56,8 @@ def per_run(frame: pd.DataFrame) -> pd.DataFrame:
     for _, r in frame.iterrows():
         strategy = _text(r.get("strategy"))
         cand = primary_candidate(r["stage"], _text(r.get("candidates")), strategy)
-        label = f"{r['method']} + {strategy}" if r["stage"] == COMPOSE else r["method"]
-        out = {**{k: _text(r.get(k)) for k in KEYS}, "method": label,
-               "candidate": cand, "seed": int(r["seed"])}
+        label = entry_label(r["stage"], r["method"], strategy, cand, cand)
+        out = {**{k: _text(r.get(k)) for k in KEYS}, "method": label, "candidate": cand, "seed": int(r["seed"])}
         for col, metric in COLUMNS.items():
             out[col] = _value(r, f"test/{cand}/{metric}")
         out["harmed_groups"] = harmed.get(r["run_id"], math.nan)
