@@ -198,3 +198,22 @@ def stress_curves(stress_summary: pd.DataFrame, out: Path) -> list[Path]:
             fig.tight_layout()
             paths += save(fig, out / f"stress-{task_slug(scenario, '', '')}")
     return paths
+
+
+def cd_diagram(test, stem: Path, title: str) -> list[Path]:
+    """The critical-difference diagram of a `stats.RankTest` (scikit-posthocs' drawing): mean ranks on the axis, the
+    CD above it, and a bar joining entries whose Nemenyi p-value is at least alpha. Nothing without two blocks and
+    two entries (no pairwise test then)."""
+    import scikit_posthocs as sp
+
+    if test is None or test.n_blocks < 2 or test.k < 2:
+        return []
+    plt = _pyplot()
+    with plt.rc_context(RC):
+        fig, ax = plt.subplots(figsize=(8.0, 1.3 + 0.12 * test.k))
+        sp.critical_difference_diagram(test.mean_ranks, test.nemenyi, cd=test.cd, alpha=test.alpha, ax=ax,
+                                       label_props={"fontsize": 7}, text_h_margin=0.02)
+        ax.set_xlim(1, test.k)  # the whole range of possible mean ranks, so the CD reads against it
+        ax.set_title(title, fontsize=8, pad=24, y=TITLE_Y)
+        fig.tight_layout()
+        return save(fig, stem)
