@@ -37,7 +37,8 @@ CD_PLOT = "plots/cd-diagram"  # the critical-difference diagram, relative to the
 class Board:
     """The ranking (one row per ranked entry), per (entry, pair) cells, the rank test and how the board was made."""
 
-    ranking: pd.DataFrame  # position, entry, mean_rank, p_vs_top, rank_value, <fairness metrics>, harmed, harmed_raw, tasks
+    # position, entry, mean_rank, p_vs_top, rank_value, <fairness metrics>, harmed, harmed_raw, tasks
+    ranking: pd.DataFrame
     cells: pd.DataFrame  # entry, dataset, target, attribute, mean, half_width, rank, seeds, runs
     tasks: list[tuple[str, str, str]]
     rule: str
@@ -69,8 +70,8 @@ def rule_text(protocol: Protocol, split: str = "test", entries: str = "all") -> 
     which = {"all": "every method's own row and every method + selector composition",
              "methods": "every method's own row (no selector compositions)"}.get(
         entries, f"every method's own row and its composition with the {entries} selector")
-    return (f"Ranking rule: entries are {which}. For each dataset and grouping (a block), the entries that ran on every "
-            f"block are ranked by worst-group AUC on the {split!r} split (mean over seeds; rank 1 = highest; ties share "
+    return (f"Ranking rule: entries are {which}. For each dataset and grouping (a block), the entries that ran on "
+            f"every block are ranked by worst-group AUC on the {split!r} split (mean over seeds; rank 1 = highest; ties share "
             f"the average rank); the board orders them by mean rank over the blocks, ties broken by fewer harmed groups, "
             f"then by name. Harmed groups: (block, group) cells where the group's accuracy or AUC on {split!r} is below "
             f"pooled ERM's with confidence ({protocol.test_name} over seeds, level {protocol.alpha:g}) after the "
@@ -105,7 +106,8 @@ def statistics_text(test: stats.RankTest | None) -> str:
                  f"{test.k} entries no pair of entries can differ significantly; more pairs (datasets, groupings) or "
                  f"fewer entries (--rank-entries methods) give the test power.")
     if not test.significant:
-        text += " Post-hoc results are shown for completeness; Demšar reads them only after a significant Friedman test."
+        text += (" Post-hoc results are shown for completeness; Demšar reads them only after a significant Friedman "
+                 "test.")
     return text
 
 
@@ -154,7 +156,8 @@ def build(summary: pd.DataFrame, protocol: Protocol = Protocol(), split: str = "
 def _links_note(col: Collection, store: str) -> str:
     if is_local(col.tracking_uri):
         return (f"Each value links to the run of its first seed and each seed number to that seed's run, in the MLflow "
-                f"UI of this local store: start it from the project folder with `mlflow ui --backend-store-uri {store}` "
+                f"UI of this local store: start it from the project folder with "
+                f"`mlflow ui --backend-store-uri {store}` "
                 f"(it serves http://127.0.0.1:5000, the address the links use).")
     return f"Each value links to the run of its first seed and each seed number to that seed's run on {store}."
 

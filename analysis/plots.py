@@ -131,7 +131,8 @@ def group_bars(tidy: pd.DataFrame, task: tuple[str, str, str], groups: list[str]
                 ax.tick_params(axis="y", length=0)
                 ax.set_xlabel(f"test {METRIC_NAMES[metric]} − ERM")
         fig.suptitle(f"{task_title(*task)}: difference to pooled ERM per group\n(mean over seeds with the "
-                     f"{protocol.level:g} paired t-interval; red: below ERM with confidence, level {protocol.alpha:g}, uncorrected)",
+                     f"{protocol.level:g} paired t-interval; red: below ERM with confidence, level {protocol.alpha:g}, "
+                     f"uncorrected)",
                      fontsize=9)
         fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / fig.get_figheight()))  # room for the two-line title
         return save(fig, out / f"groups-{task_slug(*task)}")

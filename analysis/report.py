@@ -18,7 +18,6 @@ machine: a local store's path is written relative to the folder the report was m
 from __future__ import annotations
 
 import datetime as _dt
-import math
 import os
 import platform
 from dataclasses import dataclass, field
@@ -224,10 +223,10 @@ def write_report(experiment: str, tracking_uri: str | None, out_dir: str | os.Pa
         plot_paths += plots.stress_curves(tables.stress_summary(col.stress), out / "plots")
     report.board = leaderboard.build(rank_summary, protocol, rank_split, rank_entries)
     test = report.board.test
-    cd = plots.cd_diagram(test, out / leaderboard.CD_PLOT,
-                          f"{experiment}: mean rank of worst-group AUC on {rank_split!r} over {test.n_blocks if test else 0} "
-                          f"dataset/grouping pairs;\nCD = {test.cd if test else math.nan:.2f} (Nemenyi, level "
-                          f"{protocol.alpha:g}); bars join entries not significantly different")
+    cd = [] if test is None else plots.cd_diagram(
+        test, out / leaderboard.CD_PLOT, f"{experiment}: mean rank of worst-group AUC on {rank_split!r} over "
+        f"{test.n_blocks} dataset/grouping pairs;\nCD = {test.cd:.2f} (Nemenyi, level {protocol.alpha:g}); bars join "
+        f"entries not significantly different")
     plot_paths = cd + plot_paths
     report.paths += plot_paths
     store = portable_uri(col.tracking_uri)

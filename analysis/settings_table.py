@@ -102,7 +102,8 @@ def chosen_settings(col: Collection) -> pd.DataFrame:
 
 def _best_search_run(cell: pd.DataFrame, by_run: dict, chosen: dict):
     """The cell's search run with the chosen values and the highest objective (ties: lowest trial number)."""
-    same = [r for r in cell.itertuples(index=False) if all(by_run.get(r.run, {}).get(k) == v for k, v in chosen.items())]
+    same = [r for r in cell.itertuples(index=False)
+            if all(by_run.get(r.run, {}).get(k) == v for k, v in chosen.items())]
     if not same:
         return None
     best = max(same, key=lambda r: (r.objective if not math.isnan(r.objective) else -math.inf,

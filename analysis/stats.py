@@ -11,11 +11,14 @@ import functools
 import itertools
 import math
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 from scipy import special as _sc
 from scipy import stats as _st
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 ALTERNATIVES = ("less", "greater", "two-sided")
 HARM_TESTS = ("t", "sign-flip")
@@ -223,8 +226,8 @@ class RankTest:
     more than one block or three entries are NaN.
     """
 
-    ranks: "pd.DataFrame"
-    mean_ranks: "pd.Series"
+    ranks: pd.DataFrame
+    mean_ranks: pd.Series
     n_blocks: int
     k: int
     statistic: float
@@ -232,14 +235,14 @@ class RankTest:
     alpha: float
     q_alpha: float
     cd: float
-    nemenyi: "pd.DataFrame"
+    nemenyi: pd.DataFrame
 
     @property
     def significant(self) -> bool:
         return not math.isnan(self.p_value) and self.p_value < self.alpha
 
 
-def friedman_nemenyi(values: "pd.DataFrame", alpha: float = 0.05) -> RankTest:
+def friedman_nemenyi(values: pd.DataFrame, alpha: float = 0.05) -> RankTest:
     """Rank `values` (blocks x entries, higher is better, no NaN) within each block and test them: Friedman's
     chi-square (scipy), Nemenyi's pairwise p-values (scikit-posthocs), and the critical difference
     q_alpha / sqrt(2) * sqrt(k (k + 1) / (6 N)) with q_alpha the studentized range quantile (scipy), as in

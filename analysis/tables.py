@@ -663,8 +663,8 @@ def selection(col: Collection, protocol: Protocol = Protocol(), summary: pd.Data
                f"{protocol.alpha:g}, out of all pairs, without and with the {protocol.correction_name} correction "
                f"over all {family_size(summary)} harm tests of the report. '{ORACLE}': per run and group the better "
                f"of the method's expert and ERM on test (ties: ERM), an upper bound that no decision uses (it reads "
-               f"test), showing how much the validation-based choice leaves behind. Flagged experts: runs of the wrapped methods in which some "
-               f"group's expert predicted a single class or had collapsed features on validation "
+               f"test), showing how much the validation-based choice leaves behind. Flagged experts: runs of the "
+               f"wrapped methods in which some group's expert predicted a single class or had collapsed features on validation "
                f"(analysis/diagnostics.py); a selector facing such an expert can only keep ERM for that group. "
                f"{protocol.protocol_text()} {reference_text(col)}")
     s = summary[summary["primary"]]

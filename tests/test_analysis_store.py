@@ -214,8 +214,8 @@ def build_store(root: Path, experiment: str = "fixed", stress: bool = True) -> t
     for trial, lr, eta, objective in SEARCH_TRIALS:
         _log(client, exp_id, f"search {trial}",
              {**first, "noharm.stage": "search", "noharm.method": "groupdro", "noharm.seed": 0,
-              "noharm.candidates": "model", "noharm.search_trial": trial, "noharm.search_space": json.dumps(SEARCH_SPACE),
-              "noharm.search_cell": "adult/sex/groupdro"},
+              "noharm.candidates": "model", "noharm.search_trial": trial,
+              "noharm.search_space": json.dumps(SEARCH_SPACE), "noharm.search_cell": "adult/sex/groupdro"},
              {"test/model/acc": 0.0, "test/model/acc/worst": 0.0, "objective": objective},
              params={"lr": str(lr), "eta": str(eta), "trial.objective": "val/worst_group_auc"})
     _log(client, exp_id, "failed", {**first, "noharm.stage": "evaluate", "noharm.method": "fin", "noharm.seed": 0,

@@ -16,7 +16,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-REFERENCE = Path(os.environ.get("NOHARM_REFERENCE_DIR", Path(__file__).resolve().parents[1] / "docs" / "reference-results"))
+REFERENCE = Path(os.environ.get("NOHARM_REFERENCE_DIR",
+                                Path(__file__).resolve().parents[1] / "docs" / "reference-results"))
 CELL = {"dataset": "german", "attribute": "sex", "method": "erm", "seed": 0}
 TOLERANCE = 0.02  # another CPU: a one-sample difference on german's 200 test rows is 0.005 in accuracy
 METRICS = ("acc", "acc_worst", "acc_gap", "auc", "auc_worst", "auc_gap", "dp_diff", "eopp_diff", "eodds_diff", "ece")

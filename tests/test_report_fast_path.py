@@ -28,15 +28,12 @@ import pytest
 import noharm.analysis.collect as collect_mod
 from noharm.analysis.collect import (StoredRun, collect, local_artifact_dir, search_all, sqlite_experiment_runs, sqlite_path,
                               stored_run)
+from tests.test_analysis_report import _hashes
 from tests.test_analysis_store import analysis_collection, analysis_report, analysis_store, new_experiment  # noqa: F401
 
 GOLDEN_PLOTS = Path(__file__).parent / "golden" / "analysis" / "plots.sha256"
 FRAMES = ("tidy", "runs", "stress", "reference", "trials", "params")
 
-
-def _hashes(folder: Path) -> dict[str, str]:
-    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def _plain(run: StoredRun) -> tuple:

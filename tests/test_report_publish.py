@@ -84,7 +84,8 @@ def test_settings_table_states_the_chosen_values_ranges_and_the_objective(analys
     rows = data[(data["dataset"] == "adult") & (data["method"] == "groupdro")].set_index("param")
     best = max(SEARCH_TRIALS, key=lambda t: t[3])
     assert rows.loc["lr", "value"] == best[1] and rows.loc["eta", "value"] == best[2]
-    assert rows.loc["lr", "range"] == "log-uniform [1e-05, 0.1]" and rows.loc["eta", "range"] == "log-uniform [0.001, 0.1]"
+    assert rows.loc["lr", "range"] == "log-uniform [1e-05, 0.1]"
+    assert rows.loc["eta", "range"] == "log-uniform [0.001, 0.1]"
     assert rows.loc["lr", "objective"] == best[3] and rows.loc["lr", "search_trial"] == best[0]
     assert rows.loc["lr", "search_trials"] == len(SEARCH_TRIALS) and rows.loc["lr", "search_seed"] == 0
     assert set(rows.index) == set(SEARCH_SPACE)
