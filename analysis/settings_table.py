@@ -22,7 +22,7 @@ from noharm.analysis.tables import ERM, TASK, Block, Cell, TableDoc, task_slug
 
 COLUMNS = ("dataset", "target", "attribute", "method", "param", "value", "range", "objective_metric", "objective",
            "search_seed", "search_trial", "search_trials", "searched_on")
-NOT_RECORDED = "not recorded (runs older than noharm's search-space tags)"
+NOT_RECORDED = "not recorded"
 NOT_SEARCHED = "(nothing searched)"
 
 
@@ -149,4 +149,8 @@ def settings(col: Collection) -> TableDoc:
         title = f"{dataset}{f' ({target})' if target else ''}"
         blocks.append(Block(title, ["method", "searched on", "used for", "setting", "chosen", "search range",
                                     metric, "search"], rows, label=task_slug(dataset, target, ""), text_columns=6))
-    return TableDoc("settings", "Chosen settings", caption, blocks, data)
+    notes = []
+    if (data["range"] == NOT_RECORDED).any():
+        notes.append("search ranges not recorded: these runs predate the noharm.search_space tag; the settings listed "
+                     "are the params the search varied")
+    return TableDoc("settings", "Chosen settings", caption, blocks, data, notes)
