@@ -212,8 +212,19 @@ def cd_diagram(test, stem: Path, title: str) -> list[Path]:
     plt = _pyplot()
     with plt.rc_context(RC):
         fig, ax = plt.subplots(figsize=(8.0, 1.3 + 0.12 * test.k))
-        sp.critical_difference_diagram(test.mean_ranks, test.nemenyi, cd=test.cd, alpha=test.alpha, ax=ax,
-                                       label_props={"fontsize": 7}, text_h_margin=0.02)
+        # Entries go in as integers and get their names back afterwards: the library groups them in sets, whose
+        # order for strings changes with Python's hash seed, and the same numbers must give the same bytes.
+        names = list(test.mean_ranks.index)
+        ranks = pd.Series(test.mean_ranks.to_numpy(), index=range(len(names)))
+        sig = pd.DataFrame(test.nemenyi.loc[names, names].to_numpy(), index=ranks.index, columns=ranks.index)
+        drawn = sp.critical_difference_diagram(ranks, sig, cd=test.cd, alpha=test.alpha, ax=ax, text_h_margin=0.02,
+                                               label_props={"fontsize": 7}, label_fmt_left="{label}",
+                                               label_fmt_right="{label}")
+        order = list(ranks.sort_values().index)
+        for text in drawn["labels"]:
+            i = int(text.get_text())
+            left = order.index(i) < (len(names) + 1) // 2  # the library's split of the labels into two sides
+            text.set_text(f"{names[i]} ({ranks[i]:.2f})" if left else f"({ranks[i]:.2f}) {names[i]}")
         ax.set_xlim(1, test.k)  # the whole range of possible mean ranks, so the CD reads against it
         ax.set_title(title, fontsize=8, pad=24, y=TITLE_Y)
         fig.tight_layout()

@@ -134,3 +134,21 @@ def test_sweep_runs_record_the_search_space_and_the_cell_searched(tmp_path):
         assert domain == declared[name].search_record()
     assert {"kind": "log-uniform", "low": declared["lr"].low, "high": declared["lr"].high} == space["lr"]
     assert search_tags(cells["german/sex/erm"])["search_cell"] == "german/sex/erm"
+
+
+def test_leaderboard_ranks_the_chosen_entries_on_the_chosen_split(analysis_report):
+    from noharm.analysis import leaderboard, tables
+
+    report, _ = analysis_report
+    tidy = report.collection.tidy
+    test_summary = tables.summarise(tidy)
+    methods = leaderboard.build(test_summary, entries="methods")
+    assert set(methods.ranking["entry"]) == {"erm", "groupdro", "decoupled", "fairsde", "fairsde-no-disc"}
+    greedy = leaderboard.build(test_summary, entries="greedy")
+    assert set(greedy.ranking["entry"]) == set(methods.ranking["entry"]) | {f"{m} + greedy" for m in COMPOSED}
+    assert greedy.test.k == 8 and greedy.test.cd < report.board.test.cd  # fewer entries, a smaller CD
+    # Ranked on validation: the values are validation's (the fixture writes val = test + 0.002).
+    on_val = leaderboard.build(tables.summarise(tidy, split="val"), split="val")
+    both = on_val.ranking.set_index("entry")["rank_value"] - report.board.ranking.set_index("entry")["rank_value"]
+    np.testing.assert_allclose(both.to_numpy(), 0.002, atol=1e-9)
+    assert "on the 'val' split" in on_val.rule
