@@ -152,3 +152,16 @@ def test_leaderboard_ranks_the_chosen_entries_on_the_chosen_split(analysis_repor
     both = on_val.ranking.set_index("entry")["rank_value"] - report.board.ranking.set_index("entry")["rank_value"]
     np.testing.assert_allclose(both.to_numpy(), 0.002, atol=1e-9)
     assert "on the 'val' split" in on_val.rule
+
+
+def test_an_entry_missing_a_pair_is_listed_apart_not_ranked(analysis_report):
+    from noharm.analysis import leaderboard, tables
+
+    report, _ = analysis_report
+    summary = tables.summarise(report.collection.tidy)
+    gone = (summary["entry"] == "groupdro") & (summary["dataset"] == "digits-shift")
+    board = leaderboard.build(summary[~gone])
+    assert "groupdro" not in set(board.ranking["entry"]) and board.test.k == report.board.test.k - 1
+    assert list(board.unranked.itertuples(index=False, name=None)) == [("groupdro", 1)]
+    text = leaderboard.to_markdown(board, report.collection, "sqlite:///x.db")
+    assert "Not ranked (missing some dataset/grouping pairs" in text and "groupdro (1 of 2)" in text
