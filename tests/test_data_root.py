@@ -97,7 +97,7 @@ def test_suite_roots_resolve_from_either_form(data, form, tmp_path):
     assert suite.datasets[0].options["root"] == str(data / "compas")
     check_files(suite)  # no error: the files are where the resolved root says
     # A suite's own root, relative to the data root, takes both forms too.
-    (tmp_path / "mine").symlink_to(data, target_is_directory=True)
+    T.write_compas(tmp_path / "mine" / "compas")
     rel = "mine" if form == "parent" else "mine/compas"
     raw["datasets"][0]["options"] = {"root": rel}
     suite = parse_suite(raw, data_root=tmp_path)

@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     if args.target:
         options["target"] = args.target
     if args.data_root:  # the folder found is what config.json records (absolute: a later re-score finds it)
-        root = resolve_root(args.dataset, args.data_root, **options)
+        root = resolve_root(args.dataset, args.data_root, **{k: v for k, v in options.items() if k != "root"})
         if root is not None:
             options["root"] = root
     cfg = TrialConfig(
