@@ -13,7 +13,7 @@ from typing import Any
 
 import pandas as pd
 
-from noharm.datasets import DATASETS
+from noharm.datasets import DATASETS, resolve_root
 from noharm.datasets.base import SPLITS
 from noharm.datasets.grouping import Grouping
 from noharm.datasets.image_dataset import ImageDataset
@@ -57,11 +57,11 @@ def check_dataset(
         opts.setdefault("skip_bad_images", True)  # list every bad file instead of stopping at the first
     notes: list[str] = []
     root = root if root is not None else opts.pop("root", None)
-    if root is not None and cls.needs_root:
-        opts["root"] = cls.locate_root(root, **{k: v for k, v in opts.items() if k != "root"})
-        notes.append(f"data root: {opts['root']}")
-    elif root is not None:
-        notes.append(f"{name} is embedded: the data root is not read")
+    if root is not None:
+        found = resolve_root(name, root, **{k: v for k, v in opts.items() if k != "root"})
+        if found:
+            opts["root"] = found
+        notes.append(f"data root: {found}" if found else f"{name} is embedded: the data root is not read")
     dataset = cls(**opts)
     dataset.validate_files()
     bundle = dataset.load(seed)
