@@ -5,7 +5,7 @@
 `postgresql+psycopg://postgres@127.0.0.1:PORT`; `create_database` adds a database to it.
 `mlflow_server(backend, folder, env)` starts `mlflow server` on that database with its
 artifacts in `folder` and yields its URL. Both stop what they started on exit, even after a
-failure, by process handle.
+failure: PostgreSQL by its process, the MLflow server by its own process group (its workers).
 
 PostgreSQL refuses to run as root (CI runs as root): then the wheel's install tree is copied
 into that folder and both programs run as the unprivileged user `nobody`, so nothing outside
@@ -39,8 +39,8 @@ class PostgresUnavailable(RuntimeError):
 
 def _wheel_install() -> Path:
     spec = importlib.util.find_spec("pgserver")
-    if spec is None or not spec.submodule_search_locations:
-        raise PostgresUnavailable("the pgserver wheel is not installed (pip install -e '.[test]')")
+    if spec is None or not spec.submodule_search_locations or importlib.util.find_spec("psycopg") is None:
+        raise PostgresUnavailable("the pgserver wheel or psycopg is not installed (pip install -e '.[test]')")
     # Found, not imported: importing pgserver sets up its own launcher, which these tests do not use.
     return Path(next(iter(spec.submodule_search_locations))) / "pginstall"
 
@@ -50,7 +50,6 @@ def _as_user(*owned: Path) -> dict:
     `nobody` then owns the paths `owned`."""
     if not hasattr(os, "geteuid") or os.geteuid() != 0:
         return {}
-    import grp
     import pwd
 
     try:
@@ -59,7 +58,7 @@ def _as_user(*owned: Path) -> dict:
         raise PostgresUnavailable("running as root and there is no user 'nobody' to run PostgreSQL as") from None
     for path in owned:
         os.chown(path, user.pw_uid, user.pw_gid)
-    return {"user": user.pw_uid, "group": grp.getgrgid(user.pw_gid).gr_gid, "extra_groups": []}
+    return {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
 
 
 @contextlib.contextmanager

@@ -49,8 +49,8 @@ def main() -> None:
     load = os.getloadavg()[0]
     body = (f"`.venv/bin/python bench/perf/lease_cost.py -n {args.n}` (load average {load:.1f} at the end)\n\n"
             f"- one heartbeat (read + write the lease tag through the server): median {1000 * median:.1f} ms, "
-            f"95th percentile {1000 * p95:.1f} ms; every {HEARTBEAT:.0f} s that is "
-            f"{100 * median / HEARTBEAT:.2f} % of one thread\n"
+            f"95th percentile {1000 * p95:.1f} ms; every {HEARTBEAT:.0f} s that is at most "
+            f"{100 * median / HEARTBEAT:.2f} % of one thread (most of a beat is waiting for the server)\n"
             f"- taking a free lease: {take:.2f} s, of which {SETTLE:.0f} s is the settle wait\n")
     print(body)
     append_results("lease_cost.py: the sweep's lease through mlflow server on PostgreSQL", body)

@@ -49,7 +49,8 @@ from noharm.analysis.record import TAG
 from noharm.bench.errors import ConfigError
 from noharm.bench.tracking import Tracker
 
-# A beat costs two MLflow calls (about 25 ms through a server on 127.0.0.1, bench/perf/RESULTS.md).
+# A beat is two MLflow calls: 71 ms (median) through a server on PostgreSQL on a machine at load 15, at most
+# 1.4 % of one thread every 5 s (bench/perf/lease_cost.py, RESULTS.md).
 HEARTBEAT = 5.0
 STALE_AFTER = 20.0  # four beats missed
 SETTLE = 1.0
