@@ -42,16 +42,21 @@ import pandas as pd
 from mlflow.entities import Metric, Param, RunTag, ViewType
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
 from noharm.analysis.record import COMPOSE, EVALUATE, PREDICTIONS_ARTIFACT, TAG, metric_name, untag
 from noharm.bench.errors import ConfigError
 
 # Well under the 15 s a user should wait for a dead server.
 CONNECT_TIMEOUT = 5.0
-# Schemes MLflow stores runs in (its database back ends and its server); `file:` is left out on purpose.
-DATABASE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
+# Schemes MLflow stores runs in (its database back ends and its server); `file:` is left out on purpose, and
+# so is `mssql:` (its driver needs system ODBC libraries no pip extra can bring; put it behind `mlflow server`).
+DATABASE_SCHEMES = ("sqlite", "postgresql", "mysql")
 SERVER_SCHEMES = ("http", "https", "databricks")
+# For a database scheme whose driver is not in the standard library: noharm's pip extra that installs the
+# driver, and the URI form (dialect+driver) that extra serves.
+DRIVER_EXTRAS = {"postgresql": ("postgres", "postgresql+psycopg"), "mysql": ("mysql", "mysql+pymysql")}
 SQLITE_MAGIC = b"SQLite format 3\x00"
 
 
@@ -65,15 +70,53 @@ def is_local_store(uri: str) -> bool:
     return uri.startswith("sqlite:")
 
 
+def store_scheme(uri: str) -> str:
+    """'postgresql' for postgresql+psycopg://...: the store kind, without the driver."""
+    return urllib.parse.urlsplit(uri).scheme.split("+", 1)[0].lower()
+
+
+def is_database_store(uri: str) -> bool:
+    """A database the driver opens itself (SQLite, PostgreSQL, MySQL), not a server."""
+    return store_scheme(uri) in DATABASE_SCHEMES
+
+
 def check_tracking_uri(uri: str) -> None:
     """The URI's scheme is one MLflow can keep a sweep in; `file:` stores and plain paths are refused."""
-    scheme = urllib.parse.urlsplit(uri).scheme.split("+", 1)[0].lower()
+    scheme = store_scheme(uri)
     if scheme in DATABASE_SCHEMES or scheme in SERVER_SCHEMES:
+        check_database_driver(uri)
         return
     hint = "use sqlite:///PATH/mlflow.db (a local store) or http://HOST:PORT (an MLflow server)"
     if scheme in ("", "file") or len(scheme) == 1:  # a plain path, or a Windows drive letter
         raise ConfigError(f"tracking URI {uri!r} is a file store, which MLflow 3 no longer writes to; {hint}")
+    if scheme == "mssql":
+        raise ConfigError(f"tracking URI {uri!r}: noharm does not open SQL Server stores directly; run "
+                          "`mlflow server --backend-store-uri` on it and give http://HOST:PORT")
     raise ConfigError(f"tracking URI {uri!r} has an unknown scheme {scheme + ':'!r}; {hint}")
+
+
+def check_database_driver(uri: str) -> None:
+    """A database URI's driver (the one SQLAlchemy picks for it) imports; else one line naming the extra."""
+    family = store_scheme(uri)
+    if family not in DRIVER_EXTRAS:
+        return
+    extra, form = DRIVER_EXTRAS[family]
+    try:
+        dialect = make_url(uri).get_dialect()
+    except NoSuchModuleError:
+        raise ConfigError(f"tracking URI {uri!r} names a database driver SQLAlchemy does not know; write it as "
+                          f"{form}://USER@HOST/DATABASE") from None
+    except (ArgumentError, ValueError) as exc:
+        raise ConfigError(f"tracking URI {uri!r} is not a database URL ({exc}); write it as "
+                          f"{form}://USER@HOST/DATABASE") from None
+    try:
+        dialect.import_dbapi()
+    except ImportError as exc:
+        fix = f"pip install 'noharm[{extra}]'"
+        if f"{dialect.name}+{dialect.driver}" != form:
+            fix += f" and write the URI as {form}://..."
+        raise ConfigError(f"tracking URI {uri!r} needs the database driver {exc.name or dialect.driver!r}, "
+                          f"which is not installed; {fix}") from None
 
 
 def check_sqlite_store(uri: str) -> None:

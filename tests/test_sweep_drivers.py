@@ -4,6 +4,8 @@ own table counts a key FINISHED twice once."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -36,8 +38,6 @@ def store(store_uri, request):
 
 
 def test_lock_file_refuses_a_second_holder_and_names_the_first(tmp_path):
-    import os
-
     from noharm.bench.sweep.lease import LeaseHeld, lock_local_store
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -45,49 +45,164 @@ def test_lock_file_refuses_a_second_holder_and_names_the_first(tmp_path):
     assert first.path == tmp_path / "mlflow.db.my-exp.lock"
     with pytest.raises(LeaseHeld) as held:
         lock_local_store(uri, "my exp", "s")
-    assert f"pid {os.getpid()} on " in str(held.value) and "suite 's' in experiment 'my exp'" in str(held.value)
+    assert f"(pid {os.getpid()} on " in str(held.value) and "suite 's' in experiment 'my exp'" in str(held.value)
     assert lock_local_store(uri, "other", "s").path.name == "mlflow.db.other.lock"  # another experiment is free
     first.release()
     lock_local_store(uri, "my exp", "s").release()  # free again once released
     assert lock_local_store("http://127.0.0.1:1", "e", "s") is None  # servers use a lease record
 
 
-def test_lease_record_refuses_a_live_holder_and_takes_over_a_stale_one(store):
-    from noharm.bench.sweep.lease import LeaseHeld, RecordLease
+HOLD_LOCK = """
+import sys, time
+from noharm.bench.sweep.lease import lock_local_store
+lock_local_store(sys.argv[1], "e", "s")
+print("held", flush=True)
+time.sleep(600)
+"""
 
-    a = RecordLease(store, "s", holder="driver A", settle=0.05, heartbeat=0.1)
-    a.acquire("suite s")
+
+def test_lock_file_of_a_process_killed_with_sigkill_is_free_at_once(tmp_path):
+    """The OS drops the lock with its holder: another process holds it (refused, named by pid), is killed
+    with SIGKILL, and the lock is taken right away."""
+    from noharm.bench.sweep.lease import LeaseHeld, lock_local_store
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, uri], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(LeaseHeld, match=rf"already being run by another driver \(pid {holder.pid} on "):
+            lock_local_store(uri, "e", "s")
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=30)
+        holder.stdout.close()
+    lock_local_store(uri, "e", "s").release()
+
+
+BLOCK_FCNTL = """
+import sys
+class NoFcntl:
+    def find_spec(self, name, path=None, target=None):
+        if name == "fcntl":
+            raise ModuleNotFoundError("No module named 'fcntl'", name="fcntl")
+sys.modules.pop("fcntl", None)
+sys.meta_path.insert(0, NoFcntl())
+import noharm.bench.sweep.lease, noharm.bench.sweep.run
+try:
+    import fcntl
+except ModuleNotFoundError:
+    print("imported without fcntl")
+"""
+
+
+def test_the_sweep_imports_where_there_is_no_fcntl():
+    """Windows has no `fcntl`: the lease (and the sweep that takes it) must import without it."""
+    done = subprocess.run([sys.executable, "-c", BLOCK_FCNTL], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "imported without fcntl"
+
+
+def record_of(lease, **fields) -> None:
+    """Write a lease record as another driver would (fields over a fresh record of this process)."""
+    from noharm.bench.sweep.lease import this_holder
+
+    record = {**this_holder("stranger"), "heartbeat": time.time(), **fields}
+    lease.tracker.client.set_experiment_tag(lease.tracker.experiment_id, lease.tag, json.dumps(record))
+
+
+def test_lease_record_heartbeats_and_refuses_a_live_holder_on_this_machine(store):
+    from noharm.bench.sweep.lease import LeaseHeld, RecordLease, machine_id
+
+    a = RecordLease(store, "s", driver="aaaa", settle=0.05, heartbeat=0.1).acquire("suite s")
     record = a.read()
-    assert record["holder"] == "driver A" and time.time() - record["heartbeat"] < 5
+    assert (record["driver"], record["pid"], record["machine"]) == ("aaaa", os.getpid(), machine_id())
+    assert time.time() - record["heartbeat"] < 5 and record["since"] <= record["heartbeat"]
     time.sleep(0.35)  # a few heartbeats
-    assert a.read()["heartbeat"] > record["heartbeat"]
-    with pytest.raises(LeaseHeld, match=r"already being run by another driver \(driver A; lease tag 'noharm.lease.s'"):
-        RecordLease(store, "s", holder="driver B", settle=0.05).acquire("suite s")
-    # A dead holder: its heartbeat stops and the record goes stale; a new driver takes over.
+    assert a.read()["heartbeat"] > record["heartbeat"] and a.read()["since"] == record["since"]
+    with pytest.raises(LeaseHeld) as held:
+        RecordLease(store, "s", driver="bbbb", settle=0.05).acquire("suite s")
+    assert str(held.value).startswith(f"suite s is already being run by another driver (pid {os.getpid()} on ")
+    assert (f", driver aaaa, since " in str(held.value) and "lease tag 'noharm.lease.s', its process runs on this "
+            f"machine); it is taken over as soon as pid {os.getpid()} ends" in str(held.value))
+    # Alive on this machine: refused however old its heartbeat.
     a._stop.set()
     a._thread.join()
-    store.client.set_experiment_tag(store.experiment_id, a.tag,
-                                    json.dumps({"holder": "driver A", "heartbeat": time.time() - 120}))
-    b = RecordLease(store, "s", holder="driver B", settle=0.05, heartbeat=60).acquire("suite s")
-    assert b.read()["holder"] == "driver B"
-    a.release()  # the old holder no longer owns the record: it leaves it alone
-    assert b.read()["holder"] == "driver B"
-    b.release()
-    assert b.read() is None
+    record_of(a, driver="aaaa", heartbeat=time.time() - 3600)
+    with pytest.raises(LeaseHeld, match="its process runs on this machine"):
+        RecordLease(store, "s", driver="bbbb", settle=0.05).acquire("suite s")
+    a.release()
+    assert a.read() is None
+
+
+def test_lease_of_a_dead_process_on_this_machine_is_taken_over_at_once(store):
+    """Same machine, the holder's pid is gone (or reused by another process): taken over with a fresh heartbeat."""
+    from noharm.bench.sweep.lease import RecordLease, process_started
+
+    gone = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    started = process_started(gone.pid)
+    gone.send_signal(signal.SIGKILL)
+    gone.wait(timeout=30)
+    lease = RecordLease(store, "dead", driver="cccc", settle=0.05, heartbeat=60)
+    record_of(lease, pid=gone.pid, pid_started=started)
+    t0 = time.monotonic()
+    lease.acquire("suite dead")
+    assert lease.read()["driver"] == "cccc" and time.monotonic() - t0 < 5
+    lease.release()
+    # A live process with the recorded pid but another creation time is not the holder: the pid was reused.
+    record_of(lease, pid_started=process_started(os.getpid()) - 3600)
+    lease.acquire("suite dead")
+    assert lease.read()["driver"] == "cccc"
+    lease.release()
+
+
+def test_lease_of_another_machine_is_refused_until_its_heartbeat_is_stale(store):
+    from noharm.bench.sweep.lease import STALE_AFTER, LeaseHeld, RecordLease, when
+
+    lease = RecordLease(store, "far", driver="dddd", settle=0.05, heartbeat=60)
+    beat, since = time.time() - 2, time.time() - 600
+    record_of(lease, host="node-7", machine="node-7/boot/ns", pid=4242, since=since, heartbeat=beat)
+    with pytest.raises(LeaseHeld) as held:
+        lease.acquire("suite far")
+    assert str(held.value) == (
+        f"suite far is already being run by another driver (pid 4242 on node-7, driver stranger, since {when(since)}; "
+        f"lease tag 'noharm.lease.far', last heartbeat 2 s ago); it counts as stale and is taken over at "
+        f"{when(beat + STALE_AFTER)} if its heartbeats (every 60 s) stop: wait for it to finish or stop it, then rerun")
+    assert "\n" not in str(held.value)
+    record_of(lease, host="node-7", machine="node-7/boot/ns", pid=4242, heartbeat=time.time() - STALE_AFTER - 1)
+    lease.acquire("suite far")
+    assert lease.read()["driver"] == "dddd"
+    lease.release()
+
+
+def test_a_holder_taken_over_stops_renewing_and_warns(store, capsys):
+    from noharm.bench.sweep.lease import RecordLease
+
+    a = RecordLease(store, "over", driver="eeee", settle=0.05, heartbeat=0.1).acquire("suite over")
+    record_of(a, host="node-8", machine="node-8/boot/ns", pid=99)
+    deadline = time.monotonic() + 10
+    while a.lost is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert a.lost and a.lost["host"] == "node-8"
+    a._thread.join(timeout=5)
+    assert not a._thread.is_alive() and a.read()["host"] == "node-8"  # it did not write over the new holder
+    assert "noharm: warning: the lease 'noharm.lease.over' was taken over by another driver (pid 99 on node-8" \
+        in capsys.readouterr().err
+    a.release()  # not its record any more: left alone
+    assert a.read()["host"] == "node-8"
 
 
 def test_racing_lease_records_have_exactly_one_winner(store):
     from noharm.bench.sweep.lease import LeaseHeld, RecordLease
 
     results: dict[str, str] = {}
-    leases = [RecordLease(store, "race", holder=f"driver {i}", settle=0.5, heartbeat=60) for i in range(3)]
+    leases = [RecordLease(store, "race", driver=f"driver {i}", settle=0.5, heartbeat=60) for i in range(3)]
 
     def take(lease):
         try:
             lease.acquire("suite race")
-            results[lease.holder] = "won"
+            results[lease.driver] = "won"
         except LeaseHeld:
-            results[lease.holder] = "refused"
+            results[lease.driver] = "refused"
 
     threads = [threading.Thread(target=take, args=(lease,)) for lease in leases]
     for t in threads:
@@ -112,13 +227,13 @@ def test_lease_write_that_collides_on_the_unique_key_is_retried(store, monkeypat
     def collide_once(*args, **kwargs):
         calls["n"] += 1
         if calls["n"] == 1:
-            real(store.experiment_id, "noharm.lease.c", json.dumps({"holder": "driver X", "heartbeat": 0}))
+            real(store.experiment_id, "noharm.lease.c", json.dumps({"driver": "driver X", "heartbeat": 0}))
             raise MlflowException("UNIQUE constraint failed: experiment_tags.key, experiment_tags.experiment_id")
         return real(*args, **kwargs)
 
     monkeypatch.setattr(store.client, "set_experiment_tag", collide_once)
-    lease = RecordLease(store, "c", holder="driver Y", settle=0.05, heartbeat=60).acquire("suite c")
-    assert calls["n"] == 2 and lease.read()["holder"] == "driver Y"
+    lease = RecordLease(store, "c", driver="driver Y", settle=0.05, heartbeat=60).acquire("suite c")
+    assert calls["n"] == 2 and lease.read()["driver"] == "driver Y"
     lease.release()
 
 

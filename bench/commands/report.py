@@ -56,9 +56,13 @@ def run(args: argparse.Namespace) -> int:
     from noharm.analysis.report import portable_uri, write_report
     from noharm.analysis.tables import Protocol
     from noharm.bench.errors import ConfigError
+    from noharm.bench.tracking import check_database_driver
 
+    uri = args.tracking_uri or default_tracking_uri()
+    if uri:
+        check_database_driver(uri)  # a missing database driver: one line naming the extra, not a traceback
     try:
-        report = write_report(args.experiment, args.tracking_uri or default_tracking_uri(), args.out,
+        report = write_report(args.experiment, uri, args.out,
                               Protocol(level=args.level, alpha=args.alpha, test=args.test, correction=args.correction),
                               stamp=args.stamp, rank_split=args.rank_split, rank_entries=args.rank_entries)
     except AnalysisError as exc:

@@ -34,7 +34,7 @@ from noharm.bench.sweep.lease import LeaseHeld, lease_record, lock_local_store
 from noharm.bench.sweep.preflight import preflight
 from noharm.bench.sweep.report import comparison
 from noharm.bench.sweep.suite import Suite, check_files
-from noharm.bench.tracking import Tracker, default_uri, git_commit, is_local_store
+from noharm.bench.tracking import Tracker, default_uri, git_commit, is_database_store, is_local_store
 
 # Ray keeps Unix sockets under its temp folder; their paths must stay under ~107 characters.
 MAX_RAY_TMP_LEN = 60
@@ -60,7 +60,7 @@ class SweepOutcome:
 
     @property
     def ui_command(self) -> str:
-        if is_local_store(self.tracking_uri):
+        if is_database_store(self.tracking_uri):
             return f"mlflow ui --backend-store-uri {self.tracking_uri}"
         return f"a browser at {self.tracking_uri} (experiment {self.experiment!r})"
 
@@ -175,7 +175,8 @@ def open_store(out: Path, uri: str, experiment: str, suite: str):
     lease = None
     try:
         lease = lock_local_store(uri, experiment, suite)
-        artifacts = (out / "artifacts").as_uri() if is_local_store(uri) else None
+        # A database store has no artifact storage of its own (MLflow would use ./mlruns of each process).
+        artifacts = (out / "artifacts").as_uri() if is_database_store(uri) else None
         tracker = Tracker.open(uri, experiment, artifact_location=artifacts)
         if lease is None:
             lease = lease_record(tracker, experiment, suite)
