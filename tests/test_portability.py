@@ -25,9 +25,6 @@ POSIX_ONLY_ATTRIBUTES = {
     "signal": {"SIGKILL", "SIGALRM", "SIGHUP", "SIGUSR1", "SIGUSR2", "SIGCHLD", "SIGQUIT", "SIGSTOP", "SIGCONT",
                "alarm", "setitimer", "pause"},
 }
-# bench/sweep/lease.py takes the sweep's lock with fcntl; its portable lock is another engineer's change
-# (it covers lease.py with its own test). Failures caused by it alone are tolerated here.
-PENDING = {"noharm.bench.sweep.lease"}
 
 IMPORT_EVERYTHING_WITHOUT_POSIX = textwrap.dedent('''
     import builtins, importlib, json, pkgutil, sys
@@ -92,10 +89,7 @@ def test_every_module_imports_and_a_trial_runs_without_posix_only_modules(tmp_pa
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
-    # A module that fails only because it imports a pending one (bench/sweep/run imports the lease) is tolerated.
-    failed = {m: e for m, e in report["failed"].items()
-              if not any(f"refused to {p})" in e for p in PENDING)}
-    assert failed == {}, failed
+    assert report["failed"] == {}
     assert report["trial"] == 0
     cost = json.loads((tmp_path / "run" / "metrics.json").read_text())["cost"]
     assert cost["peak_memory_mb"] > 50  # a trial of torch and pandas holds far more than 50 MB
