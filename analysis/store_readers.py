@@ -22,6 +22,7 @@ import gc
 import json
 import math
 import sqlite3
+import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -31,9 +32,13 @@ from urllib.parse import unquote, urlparse
 
 FIELDS = ("tags", "params", "metrics")  # what a reader can return of a run (the run's info always)
 SEARCH_PAGE = 50_000  # runs per page of MLflow's search API (its largest page)
-# Runs per `runs/search` request: a few seconds of a server's work at ~100 metrics a run, far below
-# MLflow's 120 s HTTP timeout however large the experiment (one answer of 5,000 runs took 64-78 s).
-SERVER_PAGE = 250
+# Runs per `runs/search` request: the first page asks for SERVER_PAGE runs, each next one for as many as the
+# server answered in SERVER_ANSWER seconds the time before (within SERVER_PAGES), so an answer stays far below
+# MLflow's 120 s HTTP timeout whatever the size of the runs and the server's load (one answer of 5,000 runs
+# took 64-78 s).
+SERVER_PAGE = 100
+SERVER_PAGES = (10, 1000)
+SERVER_ANSWER = 10.0
 # MLflow names runs `uuid4().hex`: one query per first hex digit splits an experiment into 16 parts of
 # about equal size, read SERVER_REQUESTS at a time (MLflow's server runs 4 workers by default).
 RUN_ID_DIGITS = "0123456789abcdef"
@@ -308,6 +313,13 @@ def _json_run(run: dict, fields: Iterable[str]) -> StoredRun:
         info.get("run_name", ""))
 
 
+def next_page_size(runs: int, seconds: float) -> int:
+    """Runs to ask a server for after it answered `runs` runs in `seconds`: about SERVER_ANSWER seconds' worth,
+    within SERVER_PAGES."""
+    low, high = SERVER_PAGES
+    return max(low, min(high, int(runs * SERVER_ANSWER / max(seconds, 1e-3))))
+
+
 def server_runs(client, experiment_id: str, *, status: str | None = None, tags: dict[str, str] | None = None,
                 fields: Iterable[str] = FIELDS) -> list[StoredRun] | None:
     """Every active run of the experiment (of one status, with the given tag values) from the tracking server
@@ -318,9 +330,9 @@ def server_runs(client, experiment_id: str, *, status: str | None = None, tags: 
     JSON twice and builds a protobuf message and then an entity per metric (49 s of 1.2 M messages at
     5,000 runs). Here each answer is parsed once into plain dicts. Requests go through MLflow's own HTTP
     layer (`http_request`: credentials, TLS settings, retries, timeout). The experiment is read as 16
-    run-id ranges (`attributes.run_id LIKE '<digit>%'`, MLflow's ids being lowercase hex), each in pages of
-    SERVER_PAGE runs, SERVER_REQUESTS ranges at a time: no answer nears the HTTP timeout at any size, and a
-    server with several workers builds several answers at once.
+    run-id ranges (`attributes.run_id LIKE '<digit>%'`, MLflow's ids being lowercase hex), each in pages
+    sized to about SERVER_ANSWER seconds of the server's answer, SERVER_REQUESTS ranges at a time: no answer
+    nears the HTTP timeout at any size, and a server with several workers builds several answers at once.
     """
     from mlflow.store.tracking.rest_store import RestStore
     from mlflow.utils.rest_utils import http_request, verify_rest_response
@@ -341,14 +353,18 @@ def server_runs(client, experiment_id: str, *, status: str | None = None, tags: 
                                 "max_results": SERVER_PAGE, "filter": f"{base} and {clause}" if base else clause}
         out: list[StoredRun] = []
         while True:
+            started = time.monotonic()
             response = http_request(creds, endpoint, "POST", json=body)
             if response.status_code != 200:
                 verify_rest_response(response, endpoint)  # raises MLflow's exception for the error
+            seconds = time.monotonic() - started
             page = json.loads(response.content)
-            out.extend(_json_run(run, fields) for run in page.get("runs", ()))
+            runs = page.get("runs", ())
+            out.extend(_json_run(run, fields) for run in runs)
             if not page.get("next_page_token"):
                 return out
             body["page_token"] = page["next_page_token"]
+            body["max_results"] = next_page_size(len(runs), seconds)
 
     with collector_paused(), ThreadPoolExecutor(SERVER_REQUESTS) as pool:
         parts = list(pool.map(run_id_range, RUN_ID_DIGITS))

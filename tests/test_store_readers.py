@@ -140,11 +140,19 @@ def test_server_read_matches_the_search_api_run_by_run(served_store, monkeypatch
     exp = client.create_experiment(f"odd-{time.time_ns()}")
     kept = log_odd_runs(client, exp)
     MlflowClient(tracking_uri=uri).create_run(client.create_experiment(f"other-{time.time_ns()}"))
-    monkeypatch.setattr(readers, "SERVER_PAGE", 1)  # a page per run: paging within every run-id range
+    monkeypatch.setattr(readers, "SERVER_PAGE", 1)  # pages of one and two runs: paging within every range
+    monkeypatch.setattr(readers, "SERVER_PAGES", (1, 2))
     fast = server_runs(client, exp)
     check_odd_runs(fast, client, exp, kept)
     # The file behind the server, read by SQL, holds the same runs.
     assert [plain(r) for r in sql_experiment_runs(f"sqlite:///{db}", exp, by_id=True)[1]] == [plain(r) for r in fast]
+
+
+def test_pages_are_sized_to_the_servers_pace():
+    assert readers.SERVER_ANSWER == 10.0 and readers.SERVER_PAGES == (10, 1000)
+    assert readers.next_page_size(100, 20.0) == 50  # a slow answer: half the runs next time
+    assert readers.next_page_size(100, 5.0) == 200
+    assert readers.next_page_size(100, 0.01) == 1000 and readers.next_page_size(0, 3.0) == 10  # within bounds
 
 
 def test_server_read_of_the_fixed_store_in_parallel_ranges(served_store):
