@@ -94,13 +94,17 @@ def command(name: str, python: str, uri: str, experiment: str, suite: str | None
             "--experiment", experiment, "--quiet"]
 
 
-def time_once(argv: list[str], timing: Timing, server=None) -> None:
+def time_once(argv: list[str], timing: Timing, server=None, timeout: float | None = None) -> None:
     """One fresh process of `argv`: its wall and CPU seconds (and the server's CPU meanwhile) into `timing`."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     server_before = server.cpu() if server is not None else 0.0
     t0 = time.perf_counter()
-    done = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                          env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
+    try:
+        done = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=timeout,
+                              env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
+    except subprocess.TimeoutExpired:
+        timing.failed.append(f"stopped after {timeout:.0f} s")
+        return
     wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0:
@@ -113,7 +117,7 @@ def time_once(argv: list[str], timing: Timing, server=None) -> None:
 
 
 def paired(names: list[str], pythons: dict[str, str], uri: str, experiment: str, suite: str | None,
-           repeats: int, server=None) -> dict[tuple[str, str], Timing]:
+           repeats: int, server=None, timeout: float | None = None) -> dict[tuple[str, str], Timing]:
     """{(command, code): Timing}: each command `repeats` times per code, the codes in turn (A B A B)."""
     out: dict[tuple[str, str], Timing] = {}
     for name in names:
@@ -121,7 +125,7 @@ def paired(names: list[str], pythons: dict[str, str], uri: str, experiment: str,
             for code, python in pythons.items():
                 with tempfile.TemporaryDirectory(prefix="noharm-read-speed-") as tmp:
                     time_once(command(name, python, uri, experiment, suite, Path(tmp) / "out"),
-                              out.setdefault((name, code), Timing()), server)
+                              out.setdefault((name, code), Timing()), server, timeout)
     return out
 
 
@@ -216,6 +220,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1, help="mlflow server workers (default: 1)")
     parser.add_argument("--work", default=None, help="folder for the stores (default: temporary)")
     parser.add_argument("--repeats", type=int, default=3, help="runs per command and code (default: 3)")
+    parser.add_argument("--timeout", type=float, default=1800, help="seconds one command may take (default: 1800)")
     parser.add_argument("--profile", action="store_true", help="phases of one write_report under cProfile")
     parser.add_argument("--check-api", action="store_true",
                         help="also compare the report's bytes with one read through MLflow's search API")
@@ -233,7 +238,8 @@ def main() -> None:
         for kind in args.stores:
             with store(kind, n, source, args.experiment, work, args.workers, notes) as (uri, server):
                 load = os.getloadavg()[0]
-                timings = paired(args.commands, pythons, uri, args.experiment, args.suite, args.repeats, server)
+                timings = paired(args.commands, pythons, uri, args.experiment, args.suite, args.repeats, server,
+                                 args.timeout)
                 extra = []
                 if args.profile:
                     wall, phases = profile_report(uri, args.experiment)
