@@ -263,9 +263,9 @@ def main() -> None:
     from noharm.bench.perf.common import append_results
 
     append_results("report_speed.py: reading a store directly and through an MLflow server",
-                   f"Grown from {args.source} (experiment {args.experiment!r}); mlflow server --workers "
-                   f"{args.workers}; {args.repeats} runs per command and code, A B A B; after = "
-                   f"{sys.executable}, before = {args.before or '-'}. {args.note}\n\n{header}\n"
+                   f"Grown from {Path(args.source).name} (experiment {args.experiment!r}); mlflow server --workers "
+                   f"{args.workers}; {args.repeats} runs per command and code, A B A B; after = this checkout, "
+                   f"before = {'--before' if args.before else '-'}. {args.note}\n\n{header}\n"
                    + "\n".join(rows) + "".join(f"\n- {n}" for n in notes))
 
 
