@@ -1,6 +1,6 @@
-"""MLflow -> one tidy DataFrame, through MLflow's own search API (`MlflowClient.search_runs`), or, for a
-`sqlite:` store, a few read-only SELECTs on the store's tables (`sqlite_experiment_runs`: the same runs, ten
-times faster, without importing MLflow).
+"""MLflow -> one tidy DataFrame. The runs come from the fast readers of `analysis.store_readers` (SQL for
+`sqlite:` and `postgresql:` stores, plain JSON from a tracking server), or through MLflow's own search API
+(`MlflowClient.search_runs`) for any other store: the same runs either way.
 
 Reads what a sweep leaves in an experiment (README.md, "What a sweep leaves in MLflow"): runs tagged
 `noharm.stage` (search / evaluate / compose / stress), `noharm.dataset`,
@@ -18,11 +18,9 @@ selection (`selection/*` of compose runs), and group is "overall", a group name,
 
 from __future__ import annotations
 
-import gc
 import json
 import math
 import os
-import sqlite3
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -36,10 +34,13 @@ from noharm.analysis.record import (
     COMPOSE, EVALUATE, OBJECTIVE_METRIC, SEARCH, SEARCH_CELL_TAG, SEARCH_SPACE_TAG, SEARCH_TRIAL_TAG, SPLITS, STRESS,
     STRESS_ARTIFACT, STRESS_COLUMNS, TABLE_STAGES, TAG, metric_name, parse_metric, primary_candidate,
 )
+from noharm.analysis.store_readers import (
+    SERVER_SCHEMES, StoredRun, search_all, server_runs, server_unreachable, sql_experiment_runs, sqlite_path, stored_run,
+)
 
 # Hyperparameters of the ERM reference that table captions state (its recipe).
 REFERENCE_PARAMS = ("optimizer", "lr", "weight_decay", "epochs", "batch_size", "backbone")
-SEARCH_PAGE = 50_000  # runs per page of MLflow's search API (its largest page): 5,000 runs in one query
+CONNECT_TIMEOUT = 5.0  # seconds a tracking server has to answer before the report says it is not reachable
 TIDY_COLUMNS = ("run", "stage", "dataset", "target", "attribute", "method", "strategy", "candidate", "entry",
                 "primary", "seed", "split", "group", "metric", "value")
 RUN_COLUMNS = ("run", "status", "stage", "dataset", "target", "attribute", "method", "strategy", "seed",
@@ -73,18 +74,6 @@ class Collection:
     params: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=PARAM_COLUMNS))
 
 
-def sqlite_path(uri: str) -> Path | None:
-    """The database file of a `sqlite:///` URI (None for other stores or in-memory databases)."""
-    if not uri.startswith("sqlite:"):
-        return None
-    path = unquote(urlparse(uri).path)
-    if uri.startswith("sqlite:////"):
-        path = "/" + path.lstrip("/")
-    elif uri.startswith("sqlite:///"):
-        path = path[1:] if path.startswith("/") else path
-    return Path(path) if path and path != ":memory:" else None
-
-
 def is_local(uri: str) -> bool:
     """True for stores without a web server of their own (sqlite, file paths)."""
     return not uri.startswith(("http://", "https://", "databricks"))
@@ -106,12 +95,17 @@ def open_experiment(experiment: str, tracking_uri: str):
         # MLflow would silently create an empty database here; a report of nothing helps nobody.
         raise AnalysisError(f"no MLflow store at {db} (from --tracking-uri {tracking_uri!r}); "
                             "point it at the sweep's mlflow.db, e.g. sqlite:///$PWD/results/mlflow.db")
+    if tracking_uri.startswith(SERVER_SCHEMES):
+        # MLflow's client would retry a dead server for minutes (4.4 min on a refused port) before saying so.
+        reason = server_unreachable(tracking_uri, CONNECT_TIMEOUT)
+        if reason is not None:
+            raise AnalysisError(f"MLflow tracking server {tracking_uri} is not reachable ({reason}); start it "
+                                "or fix --tracking-uri")
     client = MlflowClient(tracking_uri=tracking_uri)
     try:
         exp = client.get_experiment_by_name(experiment)
     except MlflowException as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise AnalysisError(f"cannot read MLflow tracking store {tracking_uri!r}: {first}") from None
+        raise AnalysisError(f"cannot read MLflow tracking store {tracking_uri!r}: {_first_line(exc)}") from None
     if exp is None or exp.lifecycle_stage == "deleted":
         names = sorted(e.name for e in client.search_experiments())
         raise AnalysisError(f"no MLflow experiment {experiment!r} in {tracking_uri!r}; "
@@ -119,113 +113,29 @@ def open_experiment(experiment: str, tracking_uri: str):
     return client, exp
 
 
-@contextmanager
-def _collector_paused():
-    """Python's cyclic garbage collector off meanwhile (back on afterwards, also after an error).
+def _first_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
-    Reading a store builds one object per metric (about a million for 5,000 runs) and the collector
-    would rescan that growing heap again and again (bench/perf/report_speed.py: 5,000 runs searched
-    in 16.5 s instead of 33.8 s).
-    """
-    was_enabled = gc.isenabled()
-    gc.disable()
+
+def read_runs(experiment: str, uri: str) -> tuple[str, list[StoredRun], Any]:
+    """(experiment id, every active run, the MlflowClient used or None) of an experiment: by SQL for
+    `sqlite:` / `postgresql:` stores, as plain JSON from a tracking server, through MLflow's search API for
+    any other store (and for a store the fast readers do not know, which MLflow then explains)."""
+    found = sql_experiment_runs(uri, experiment)
+    if found is not None:
+        return found[0], found[1], None
+    from mlflow.exceptions import MlflowException
+
+    client, exp = open_experiment(experiment, uri)
+    experiment_id = str(exp.experiment_id)
     try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
-
-
-def search_all(client, experiment_id: str) -> list:
-    """Every active run of the experiment, all pages, as MLflow Runs (garbage collector paused)."""
-    from mlflow.entities import ViewType
-
-    with _collector_paused():
-        out, token = [], None
-        while True:
-            page = client.search_runs([experiment_id], filter_string="", run_view_type=ViewType.ACTIVE_ONLY,
-                                      max_results=SEARCH_PAGE, page_token=token)
-            out.extend(page)
-            token = page.token
-            if not token:
-                return out
-
-
-@dataclass(frozen=True)
-class StoredRun:
-    """What the report reads of one MLflow run: the same from MLflow's search API and `sqlite_experiment_runs`."""
-
-    run_id: str
-    status: str
-    start_time: int | None
-    artifact_uri: str
-    tags: dict[str, str]
-    params: dict[str, str]
-    metrics: dict[str, float]  # the latest value of each metric, as `Run.data.metrics`
-
-
-def stored_run(run) -> StoredRun:
-    """A StoredRun from an `mlflow.entities.Run`."""
-    return StoredRun(run.info.run_id, run.info.status, run.info.start_time, run.info.artifact_uri or "",
-                     dict(run.data.tags), dict(run.data.params), dict(run.data.metrics))
-
-
-# The tables and columns of MLflow's SQL tracking store that `sqlite_experiment_runs` reads
-# (mlflow/store/tracking/dbmodels/models.py: SqlExperiment, SqlRun, SqlTag, SqlParam, SqlLatestMetric).
-SQL_COLUMNS = {"experiments": ("experiment_id", "name", "lifecycle_stage"),
-               "runs": ("run_uuid", "status", "start_time", "artifact_uri", "experiment_id", "lifecycle_stage"),
-               "tags": ("run_uuid", "key", "value"), "params": ("run_uuid", "key", "value"),
-               "latest_metrics": ("run_uuid", "key", "value", "is_nan")}
-_ACTIVE_RUNS = "SELECT run_uuid FROM runs WHERE experiment_id = ? AND lifecycle_stage = 'active'"
-
-
-def sqlite_experiment_runs(db: Path, experiment: str) -> tuple[str, list[StoredRun]] | None:
-    """(experiment id, every active run) of an active experiment, read from the file of a `sqlite:` store;
-    None when the file, the experiment or the tables are not what this reader knows (the caller then goes
-    through MLflow's API, which also says what is wrong).
-
-    Why not MLflow's API here: `MlflowClient.search_runs` goes through SQLAlchemy's ORM, which builds one
-    object per metric, param and tag and expires each when its read-only session commits, and opening the
-    store imports MLflow and checks its schema with alembic. That was 3.5 s of the default suite's report
-    (828 runs) and grows to ~20 s at 5,000 runs; these SELECTs take a tenth of it. They read what
-    `SqlRun.to_mlflow_entity` reads (a run's latest metrics, its params and tags; NaN where `is_nan`) through
-    a read-only connection inside one transaction (one snapshot, should a sweep be writing). The columns are
-    checked first, so a store of another schema goes through the API instead of being misread.
-    tests/test_report_fast_path.py holds both paths to the same runs, frames and report bytes.
-    """
-    try:
-        con = sqlite3.connect(f"{db.absolute().as_uri()}?mode=ro", uri=True, isolation_level=None)
-    except sqlite3.Error:
-        return None
-    try:
-        for table, columns in SQL_COLUMNS.items():
-            have = {row[1] for row in con.execute(f"PRAGMA table_info({table})")}
-            if not set(columns) <= have:
-                return None
-        with _collector_paused():
-            con.execute("BEGIN")
-            found = con.execute("SELECT experiment_id FROM experiments WHERE name = ? AND lifecycle_stage = 'active'",
-                                (experiment,)).fetchall()
-            if len(found) != 1:
-                return None
-            exp = found[0][0]
-            runs = {run_id: (status, start, artifacts or "", {}, {}, {}) for run_id, status, start, artifacts in
-                    con.execute("SELECT run_uuid, status, start_time, artifact_uri FROM runs "
-                                "WHERE experiment_id = ? AND lifecycle_stage = 'active'", (exp,))}
-            for slot, table in ((3, "tags"), (4, "params")):
-                for run_id, key, value in con.execute(
-                        f"SELECT run_uuid, key, value FROM {table} WHERE run_uuid IN ({_ACTIVE_RUNS})", (exp,)):
-                    runs[run_id][slot][key] = value
-            for run_id, key, value, is_nan in con.execute(
-                    f"SELECT run_uuid, key, value, is_nan FROM latest_metrics WHERE run_uuid IN ({_ACTIVE_RUNS})",
-                    (exp,)):
-                runs[run_id][5][key] = math.nan if is_nan else value
-            con.execute("COMMIT")
-            return str(exp), [StoredRun(run_id, *fields) for run_id, fields in runs.items()]
-    except sqlite3.Error:
-        return None
-    finally:
-        con.close()
+        runs = server_runs(client, experiment_id)
+        if runs is None:
+            runs = [stored_run(r) for r in search_all(client, experiment_id)]
+    except MlflowException as exc:  # the store went away or timed out mid-read
+        raise AnalysisError(f"cannot read the runs of experiment {experiment!r} from {uri!r}: "
+                            f"{_first_line(exc)}") from None
+    return experiment_id, runs, client
 
 
 def _groups(tags: dict[str, str]) -> list[str]:
@@ -394,15 +304,7 @@ def collect(experiment: str, tracking_uri: str | None = None, stress: bool = Tru
         import mlflow
 
         uri = mlflow.get_tracking_uri()
-    db = sqlite_path(uri)
-    found = sqlite_experiment_runs(db, experiment) if db is not None and db.is_file() else None
-    client = None
-    if found is not None:
-        experiment_id, all_runs = found
-    else:  # any other store, or a sqlite store this reader does not know: MLflow's API (and its error messages)
-        client, exp = open_experiment(experiment, uri)
-        experiment_id = str(exp.experiment_id)
-        all_runs = [stored_run(r) for r in search_all(client, experiment_id)]
+    experiment_id, all_runs, client = read_runs(experiment, uri)
     records = [run_record(r) for r in all_runs]
     by_id = {r.run_id: r for r in all_runs}
     runs = pd.DataFrame(records, columns=list(RUN_COLUMNS))

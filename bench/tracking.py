@@ -31,9 +31,7 @@ import os
 import subprocess
 import tempfile
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -45,7 +43,10 @@ from mlflow.tracking import MlflowClient
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
-from noharm.analysis.record import COMPOSE, EVALUATE, PREDICTIONS_ARTIFACT, TAG, metric_name, untag
+from noharm.analysis.record import COMPOSE, EVALUATE, PREDICTIONS_ARTIFACT, SEARCH, TAG, metric_name, untag
+from noharm.analysis.store_readers import (
+    FIELDS, StoredRun, search_filter, server_runs, server_unreachable, sql_experiment_runs, sql_store, stored_run,
+)
 from noharm.bench.errors import ConfigError
 
 # Well under the 15 s a user should wait for a dead server.
@@ -141,17 +142,10 @@ def check_tracking_server(uri: str, timeout: float = CONNECT_TIMEOUT) -> None:
     parts = urllib.parse.urlsplit(uri)
     if parts.scheme not in ("http", "https"):
         return
-    url = uri.rstrip("/") + "/health"
-    try:
-        with urllib.request.urlopen(url, timeout=timeout):
-            return
-    except urllib.error.HTTPError:
-        return  # it answered: a proxy or an older server without /health
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
+    reason = server_unreachable(uri, timeout)
+    if reason is not None:
         raise ConfigError(f"MLflow tracking server {uri} is not reachable ({reason}); start it "
-                          f"(`mlflow server --host 127.0.0.1 --port {parts.port or 5000}`) or fix --tracking-uri"
-                          ) from None
+                          f"(`mlflow server --host 127.0.0.1 --port {parts.port or 5000}`) or fix --tracking-uri")
 
 
 
@@ -205,18 +199,11 @@ class Tracker:
 
     def runs(self, suite: str | None = None, stage: str | None = None, status: str | None = None,
              key: str | None = None, extra: str | None = None) -> list:
-        """Runs of this experiment matching the given tags (all pages)."""
-        clauses = []
-        if suite is not None:
-            clauses.append(f"tags.`{TAG}suite` = '{suite}'")
-        if stage is not None:
-            clauses.append(f"tags.`{TAG}stage` = '{stage}'")
-        if key is not None:
-            clauses.append(f"tags.`{TAG}key` = '{key}'")
-        if status is not None:
-            clauses.append(f"attributes.status = '{status}'")
-        if extra:
-            clauses.append(extra)
+        """Runs of this experiment matching the given tags, through MLflow's search API (all pages): for the
+        few runs of a narrow query (one key, the RUNNING ones); `stored` reads many runs faster."""
+        tags = {f"{TAG}{name}": value for name, value in (("suite", suite), ("stage", stage), ("key", key))
+                if value is not None}
+        clauses = [c for c in (search_filter(status, tags), extra) if c]
         out, token = [], None
         while True:
             page = self.client.search_runs([self.experiment_id], filter_string=" and ".join(clauses),
@@ -226,12 +213,36 @@ class Tracker:
             if not token:
                 return out
 
-    def finished_index(self, suite: str) -> dict[tuple[str, str], Any]:
-        """{(stage, key): run} of every FINISHED run of the suite (oldest wins if a key repeats)."""
-        index: dict[tuple[str, str], Any] = {}
-        for run in sorted(self.runs(suite=suite, status="FINISHED"), key=lambda r: r.info.start_time or 0):
-            tags = run.data.tags
-            index.setdefault((tags.get(f"{TAG}stage", ""), tags.get(f"{TAG}key", "")), run)
+    def stored(self, fields=FIELDS, status: str | None = None, **tags: str) -> list[StoredRun]:
+        """Runs of this experiment of one status carrying the given `noharm.*` tag values (`suite=...`,
+        `stage=...`), with the `fields` asked for, in MLflow's search order, read by
+        `analysis.store_readers` (SQL, or plain JSON from a server; MLflow's API for other stores)."""
+        where = {f"{TAG}{name}": value for name, value in tags.items()}
+        found = sql_experiment_runs(self.uri, self.experiment_id, by_id=True, status=status, tags=where,
+                                    fields=fields)
+        if found is not None:
+            return found[1]
+        runs = server_runs(self.client, self.experiment_id, status=status, tags=where, fields=fields)
+        if runs is not None:
+            return runs
+        return [stored_run(r, fields) for r in self.runs(status=status, extra=search_filter(None, where))]
+
+    def finished_index(self, suite: str) -> dict[tuple[str, str], StoredRun]:
+        """{(stage, key): run} of every FINISHED run of the suite (oldest wins if a key repeats).
+
+        A resumed sweep needs the tags of every run, and the params and metrics of search runs only (their
+        hyperparameters and objective seed the search again). A SQL store reads just that; a server sends
+        whole runs anyway, so it is asked once.
+        """
+        if sql_store(self.uri):
+            runs = self.stored(("tags",), status="FINISHED", suite=suite)
+            searched = {r.run_id: r for r in self.stored(FIELDS, status="FINISHED", suite=suite, stage=SEARCH)}
+            runs = [searched.get(r.run_id, r) for r in runs]
+        else:
+            runs = self.stored(FIELDS, status="FINISHED", suite=suite)
+        index: dict[tuple[str, str], StoredRun] = {}
+        for run in sorted(runs, key=lambda r: r.start_time or 0):
+            index.setdefault((run.tags.get(f"{TAG}stage", ""), run.tags.get(f"{TAG}key", "")), run)
         return index
 
     def close_stale(self, suite: str, status: str = "KILLED") -> int:
@@ -364,15 +375,14 @@ class Tracker:
         rows = []
         for stage in stages:
             seen: set[str] = set()
-            runs = sorted(self.runs(suite=suite, stage=stage, status="FINISHED"),
-                          key=lambda r: (r.info.start_time or 0, r.info.run_id))
+            runs = sorted(self.stored(("tags", "metrics"), status="FINISHED", suite=suite, stage=stage),
+                          key=lambda r: (r.start_time or 0, r.run_id))
             for run in runs:
-                key = run.data.tags.get(f"{TAG}key", run.info.run_id)
+                key = run.tags.get(f"{TAG}key", run.run_id)
                 if key in seen:
                     continue
                 seen.add(key)
-                tags = untag(run.data.tags)
-                rows.append({"run_id": run.info.run_id, **tags, **run.data.metrics})
+                rows.append({"run_id": run.run_id, **untag(run.tags), **run.metrics})
         return pd.DataFrame(rows)
 
 
@@ -403,8 +413,8 @@ def open_existing(experiment: str, tracking_uri: str | None = None) -> Tracker:
 
 def finished_runs(tracker: Tracker, stage: str) -> list[dict[str, Any]]:
     """Every FINISHED run of one stage in the tracker's experiment: {"run_id", "tags", "params"}, oldest first."""
-    runs = sorted(tracker.runs(stage=stage, status="FINISHED"), key=lambda r: r.info.start_time or 0)
-    return [{"run_id": r.info.run_id, "tags": dict(r.data.tags), "params": dict(r.data.params)} for r in runs]
+    runs = sorted(tracker.stored(("tags", "params"), status="FINISHED", stage=stage), key=lambda r: r.start_time or 0)
+    return [{"run_id": r.run_id, "tags": r.tags, "params": r.params} for r in runs]
 
 
 def download_artifacts(tracker: Tracker, run_id: str, dst: str | os.PathLike, names: Iterable[str],

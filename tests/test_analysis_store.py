@@ -163,12 +163,13 @@ def stress_rows(method: str, seed: int, scenario: str, severities: tuple[float, 
     return pd.DataFrame(rows)
 
 
-def build_store(root: Path, experiment: str = "fixed", stress: bool = True) -> tuple[str, Truth]:
-    """Write the fixed store under `root` (sqlite + local artifacts); returns (tracking URI, truth)."""
+def build_store(root: Path, experiment: str = "fixed", stress: bool = True, uri: str | None = None) -> tuple[str, Truth]:
+    """Write the fixed store under `root` (sqlite, or the store `uri`, + local artifacts); returns (tracking URI,
+    truth)."""
     from mlflow.tracking import MlflowClient
 
     root.mkdir(parents=True, exist_ok=True)
-    uri = f"sqlite:///{(root / 'mlflow.db').absolute()}"
+    uri = uri or f"sqlite:///{(root / 'mlflow.db').absolute()}"
     client = MlflowClient(tracking_uri=uri)
     exp_id = client.create_experiment(experiment, artifact_location=(root / "artifacts").absolute().as_uri())
     truth = Truth()

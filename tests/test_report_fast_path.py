@@ -1,8 +1,11 @@
 """The report's fast paths give what the slow paths gave (issue 17.4: the report at paper scale, output unchanged).
 
-- The store read with a few SELECTs (`noharm.analysis.collect.sqlite_experiment_runs`) against MLflow's search API: the
+- The store read with a few SELECTs (`noharm.analysis.store_readers.sqlite_experiment_runs`) against MLflow's search API: the
   same runs, the same frames, the same report bytes, without importing MLflow; an unknown schema falls back to
   the API.
+- The runs read from a tracking server as plain JSON (`store_readers.server_runs`, a real `mlflow server` on
+  127.0.0.1) and from a PostgreSQL store by SQL (`store_readers.database_experiment_runs`; skipped without the
+  `pgserver` wheel) against MLflow's search API on the same store: the same report bytes.
 - Stress artifacts read in place against downloaded through MLflow.
 - The plots against the hashes of the fixed store's plots as written before the speed-up
   (tests/golden/analysis/plots.sha256). After an intended change of the figures, regenerate them with
@@ -14,7 +17,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 import sqlite3
 import subprocess
@@ -25,26 +27,24 @@ import pandas as pd
 import pytest
 
 import noharm.analysis.collect as collect_mod
-from noharm.analysis.collect import (StoredRun, collect, local_artifact_dir, search_all, sqlite_experiment_runs, sqlite_path,
-                              stored_run)
+from noharm.analysis.collect import collect, local_artifact_dir
+from noharm.analysis.store_readers import sqlite_experiment_runs, sqlite_path
 from tests.test_analysis_report import _hashes
-from tests.test_analysis_store import analysis_collection, analysis_report, analysis_store, new_experiment  # noqa: F401
+from tests.test_analysis_store import (  # noqa: F401
+    analysis_collection, analysis_report, analysis_store, build_store, new_experiment,
+)
+from tests.test_store_readers import postgres_uri, served_store  # noqa: F401
 
 GOLDEN_PLOTS = Path(__file__).parent / "golden" / "analysis" / "plots.sha256"
 FRAMES = ("tidy", "runs", "stress", "reference", "trials", "params")
 
 
 
-def _plain(run: StoredRun) -> tuple:
-    """A run with NaN spelled out, so that equal runs compare equal."""
-    metrics = {k: "nan" if isinstance(v, float) and math.isnan(v) else v for k, v in run.metrics.items()}
-    return run.run_id, run.status, run.start_time, run.artifact_uri, run.tags, run.params, metrics
-
-
 @pytest.fixture
 def search_api_only(monkeypatch):
-    """collect() as before the fast path: every store through MLflow's search API."""
-    monkeypatch.setattr(collect_mod, "sqlite_experiment_runs", lambda db, experiment: None)
+    """collect() as before the fast paths: every store through MLflow's search API."""
+    monkeypatch.setattr(collect_mod, "sql_experiment_runs", lambda uri, experiment: None)
+    monkeypatch.setattr(collect_mod, "server_runs", lambda client, experiment_id: None)
 
 
 def test_the_fixed_store_is_read_by_sql_without_importing_mlflow(analysis_store, analysis_collection):
@@ -73,39 +73,27 @@ def test_sql_read_and_search_api_report_the_same_bytes(analysis_store, analysis_
     assert _hashes(tmp_path / "slow") == _hashes(analysis_report[1])
 
 
-def test_sql_read_matches_the_search_api_run_by_run(analysis_store):
-    from mlflow.entities import Metric, Param, RunTag
+def test_server_read_and_search_api_report_the_same_bytes(served_store, tmp_path, monkeypatch):
+    from noharm.analysis.report import write_report
 
-    uri = analysis_store[0]
-    client, exp, name = new_experiment(uri, "fast-path")
-    other, other_exp, _ = new_experiment(uri, "fast-path-other")
-    kept = []
-    for i, status in enumerate(("FINISHED", "FAILED", "RUNNING")):
-        run = client.create_run(exp, run_name=f"r{i}", tags={"noharm.stage": "evaluate", "noharm.seed": str(i)})
-        client.log_batch(run.info.run_id, metrics=[
-            Metric("test/model/acc", 0.5 + i, 1000, 0), Metric("test/model/acc", 0.25 * i, 2000, 1),  # latest wins
-            Metric("test/model/auc", float("nan"), 1000, 0), Metric("cost/peak", float("inf"), 1000, 0),
-            Metric("test/model/neg", -float("inf"), 1000, 0)],
-            params=[Param("lr", f"0.{i}1"), Param("optimizer", "sgd")], tags=[RunTag("empty", "")])
-        if status != "RUNNING":
-            client.set_terminated(run.info.run_id, status)
-        kept.append(run.info.run_id)
-    gone = client.create_run(exp, run_name="deleted").info.run_id
-    client.delete_run(gone)
-    other.create_run(other_exp, run_name="elsewhere")
-    db = sqlite_path(uri)
-    before = db.read_bytes()
-    exp_id, fast = sqlite_experiment_runs(db, name)
-    fast = sorted(fast, key=lambda r: r.run_id)
-    slow = sorted((stored_run(r) for r in search_all(client, exp)), key=lambda r: r.run_id)
-    assert db.read_bytes() == before  # read-only
-    assert exp_id == exp
-    assert [_plain(r) for r in fast] == [_plain(r) for r in slow]
-    assert sorted(r.run_id for r in fast) == sorted(kept)
-    one = next(r for r in fast if r.tags["noharm.seed"] == "2")
-    assert one.metrics["test/model/acc"] == 0.5 and math.isnan(one.metrics["test/model/auc"])
-    assert one.metrics["cost/peak"] == 1.7976931348623157e308 == -one.metrics["test/model/neg"]  # MLflow's inf
-    assert one.params == {"lr": "0.21", "optimizer": "sgd"} and one.status == "RUNNING"
+    uri = served_store[0]
+    fast = write_report("fixed", uri, tmp_path / "fast")
+    assert fast.collection.tracking_uri == uri and len(fast.collection.tidy) > 1000
+    monkeypatch.setattr(collect_mod, "server_runs", lambda client, experiment_id: None)
+    write_report("fixed", uri, tmp_path / "slow")
+    assert _hashes(tmp_path / "fast") == _hashes(tmp_path / "slow")
+
+
+def test_postgresql_read_and_search_api_report_the_same_bytes(postgres_uri, tmp_path, monkeypatch):
+    from noharm.analysis.report import write_report
+
+    build_store(tmp_path / "store", "fixed", uri=postgres_uri)
+    assert collect_mod.sql_experiment_runs(postgres_uri, "fixed") is not None  # the report below reads by SQL
+    fast = write_report("fixed", postgres_uri, tmp_path / "fast")
+    assert len(fast.collection.tidy) > 1000 and len(fast.collection.stress) == 30
+    monkeypatch.setattr(collect_mod, "sql_experiment_runs", lambda uri, experiment: None)
+    write_report("fixed", postgres_uri, tmp_path / "slow")
+    assert _hashes(tmp_path / "fast") == _hashes(tmp_path / "slow")
 
 
 def test_an_unknown_schema_falls_back_to_the_search_api(tmp_path):
