@@ -140,11 +140,13 @@ def test_progress_shows_the_eta_and_one_estimate_line(capsys):
                                remaining=lambda: ([("train", "d/a/m")] * 2, []))
     progress = Progress(searcher, interval=0, concurrency=2)
     progress.show()
+    timings += [("train", "d/a/m", 600.0), ("train", "d/a/m", 500.0)]  # each worker's first: warm-up, left out
+    progress.show()
     timings += [("train", "d/a/m", 60.0), ("train", "d/a/m", 120.0)]
     progress.show()
     progress.show()
     err = capsys.readouterr().err.splitlines()
     assert ", ETA –] 2 done" in err[0]
-    assert err[1].startswith("estimate: about ") and "1:30 from now (2 at a time, from 2 trials so far)" in err[1]
+    assert err[1].startswith("estimate: about ") and "1:30 from now (2 at a time, from 4 trials so far" in err[1]
     assert ", ETA 1:30] 2 done" in err[2] and sum(line.startswith("estimate:") for line in err) == 1
     assert status_line(counts, 5, 3725.0).startswith("[ 0:05, ETA 1:02:05] ")

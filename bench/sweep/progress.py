@@ -8,9 +8,10 @@ off (`verbose=0`, `log_to_driver=False`).
 The ETA (`estimate_remaining`) prices every trial still to run at the measured duration of trials of
 the same kind (training, copying a search run, composing) on the same cell, else on the same method and
 dataset, the same method, the same dataset, the same kind, and divides the sum by the number of trials
-that run at once. The search runs first and visits every searched cell early, so after the first
-round the estimate rests on each cell's own timings. Until `concurrency` trials have finished it says
-"ETA –".
+that run at once. The first `concurrency` trials to finish (each worker's first, which also starts
+Python, torch and the actor) are left out; until `concurrency` more have finished it says "ETA –". The
+search runs first and visits every searched cell early, so after the first round the estimate rests
+on each cell's own timings.
 """
 
 from __future__ import annotations
@@ -130,7 +131,7 @@ class Progress(Callback):
                 self._inline = False
             stream.write(f"estimate: about {format_elapsed(now - self.start + eta).strip()} in all, "
                          f"{format_elapsed(eta).strip()} from now ({self.concurrency} at a time, from "
-                         f"{len(self.searcher.timings)} trials so far)\n")
+                         f"{len(self.searcher.timings)} trials so far; the progress line keeps it current)\n")
         line = status_line(self.searcher.counts, now - self.start, eta)
         interval = self.interval if self.interval is not None else (1.0 if tty else 15.0)
         # Without a terminal a line is printed when the counts change or the ETA becomes known.
@@ -151,7 +152,8 @@ class Progress(Callback):
         if final or not hasattr(self.searcher, "remaining"):
             return ""
         todo, running = self.searcher.remaining()
-        return estimate_remaining(self.searcher.timings, todo, running, self.concurrency)
+        # The first trial of each worker also starts Python, torch and Ray's actor: not what the others cost.
+        return estimate_remaining(self.searcher.timings[self.concurrency:], todo, running, self.concurrency)
 
     def finish(self) -> None:
         self.show(force=True)

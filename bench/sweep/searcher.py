@@ -179,7 +179,6 @@ class SweepSearcher(Searcher):
         start = self.started.pop(trial_id, None)
         if start is not None:
             count.running -= 1
-        seconds = time.monotonic() - (start if start is not None else time.monotonic())
         failed = error or not result or bool(result.get("failed"))
         message = (result or {}).get("error") or ("the trial's worker crashed" if error else "no result")
         if failed:
@@ -189,7 +188,8 @@ class SweepSearcher(Searcher):
             count.skipped += 1
         else:
             count.done += 1
-            self.timings.append((work_kind(job), job.cell, seconds))
+            if start is not None:
+                self.timings.append((work_kind(job), job.cell, time.monotonic() - start))
         handler = {SEARCH: self._search_done, EVALUATE: self._evaluate_done, COMPOSE: lambda *a: None}
         handler[job.stage](job, trial_id, None if failed else result)
 

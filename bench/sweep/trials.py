@@ -88,8 +88,14 @@ def tracker_for(context: dict[str, Any]) -> Tracker:
 
 
 def tune_trainable(config: dict[str, Any], context: dict[str, Any]) -> None:
-    """The Ray Tune function trainable: run the job, report one result."""
-    tune.report(execute(Job.from_dict(config["job"]), context))
+    """The Ray Tune function trainable: run the job, report one result (a job this worker cannot read is a
+    failed trial whose error line says why, e.g. an unknown key from a driver of another version)."""
+    try:
+        job = Job.from_dict(config["job"])
+    except ConfigError as exc:
+        tune.report({"run_id": "", "objective": WORST_OBJECTIVE, "failed": 1, "skipped": 0, "error": str(exc)})
+        return
+    tune.report(execute(job, context))
 
 
 def execute(job: Job, context: dict[str, Any]) -> dict[str, Any]:
