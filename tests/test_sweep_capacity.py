@@ -31,7 +31,7 @@ pytestmark = pytest.mark.filterwarnings("ignore")
 def test_plan(nodes, cpu, gpu, suite_max, cli_max, trials, gpu_per_trial):
     capacity = plan(nodes, cpu, gpu, suite_max, cli_max)
     assert (capacity.trials, capacity.gpu_per_trial) == (trials, gpu_per_trial)
-    assert capacity.tune_limit == (cli_max or suite_max)  # without a limit Tune fills the resources itself
+    assert capacity.tune_limit == (cli_max or suite_max or trials)  # Tune's limit: a stated one, else what fits
 
 
 def test_plan_says_what_it_uses():

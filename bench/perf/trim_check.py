@@ -8,7 +8,7 @@ Compared, with the report's own functions (`analysis.tables.summarise`, `analysi
 - FairSDE's and its selectors' harmed-group counts;
 - the selection table: per (task, strategy), groups below ERM per run and the share of experts kept.
 
-    python -m noharm.bench.perf.trim_check BEFORE AFTER [--seeds 0] [--append TITLE]
+    python -m noharm.bench.perf.trim_check BEFORE AFTER [--seeds 0] [--after-seeds 1] [--append TITLE]
 """
 
 from __future__ import annotations
@@ -98,12 +98,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("before")
     p.add_argument("after")
     p.add_argument("--seeds", help="comma-separated seeds (default: the seeds both sides have)")
+    p.add_argument("--after-seeds", help="other seeds for the AFTER side: with BEFORE as AFTER, how much the "
+                                         "conclusions move from one seed to another (the yardstick)")
     p.add_argument("--append", metavar="TITLE", help="append the comparison to bench/perf/RESULTS.md")
     args = p.parse_args(argv)
     b, a = load_tidy(args.before), load_tidy(args.after)
     seeds = ([int(s) for s in args.seeds.split(",")] if args.seeds
              else sorted(set(b["seed"].dropna().astype(int)) & set(a["seed"].dropna().astype(int))))
-    text = f"Seeds compared: {seeds}.\n\n" + compare(conclusions(b, seeds), conclusions(a, seeds))
+    after_seeds = [int(s) for s in args.after_seeds.split(",")] if args.after_seeds else seeds
+    text = (f"Seeds compared: {seeds}" + (f" (before) with {after_seeds} (after)" if args.after_seeds else "")
+            + ".\n\n" + compare(conclusions(b, seeds), conclusions(a, after_seeds)))
     print(text)
     if args.append:
         append_results(args.append, text)

@@ -33,10 +33,15 @@ class Capacity:
     limit_from: str = ""  # "the suite's max_concurrent" or "--max-concurrent"
 
     @property
-    def tune_limit(self) -> int | None:
-        """Tune's `max_concurrent_trials`: only a stated limit; otherwise the resources decide (so nodes
-        that join a cluster later get trials too)."""
-        return self.limit
+    def tune_limit(self) -> int:
+        """Tune's `max_concurrent_trials`: a stated limit, else what fits now.
+
+        Always set: with a custom searcher and no limit Tune keeps a single trial pending, so a worker
+        that finishes a short trial (a copy, a composition) is torn down and the next trial waits for a
+        new worker process (measured: one training at a time for most of a sweep's evaluate stage). A
+        limit above what fits now lets nodes that join a cluster later take the extra trials.
+        """
+        return self.limit or self.trials
 
     def describe(self) -> str:
         """e.g. `2 trials at a time: 2 CPUs, 1 CPU per trial, no GPU`."""
