@@ -7,7 +7,9 @@ The flow:
    experiment (creating the store in the driver, before any trial);
 3. end runs a killed driver left RUNNING; read what is already FINISHED;
 4. one Tuner whose searcher (`bench.sweep.searcher`) proposes search, evaluate and compose trials,
-   skipping every key already FINISHED, while `bench.sweep.progress` prints one status line;
+   skipping every key already FINISHED, as many at once as the machine holds (`bench.sweep.capacity`;
+   the first line says how many and on what), while `bench.sweep.progress` prints one status line with
+   an ETA;
 5. report: the comparison table (`bench.sweep.report`), where the results are, and the
    `mlflow ui` command. Exit 0 when everything finished, 1 when some trial failed.
 """
