@@ -51,6 +51,6 @@ def load_task(dataset: GroupDataset, attribute: str, seed: int, min_group_size: 
 
 
 def load_run_task(config: dict[str, Any]) -> LoadedTask:
-    """The task of a stored run, from its `config.json` (a `TrialConfig` as a dict)."""
+    """The task of a stored run, from its `config.json` (a `TrialSpec` as a dict)."""
     dataset = get_dataset(config["dataset"], **(config.get("dataset_options") or {}))
     return load_task(dataset, config["attribute"], int(config.get("seed", 0)), int(config.get("min_group_size", 10)))

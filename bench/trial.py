@@ -13,7 +13,7 @@ import sys
 import tempfile
 import time
 import warnings
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -27,14 +27,15 @@ from noharm.analysis.metrics import evaluate
 from noharm.analysis.record import CONFIG_ARTIFACT, MODEL_ARTIFACT, PREDICTIONS_ARTIFACT
 from noharm.bench.compose import compose
 from noharm.bench.errors import ConfigError
-from noharm.bench.objectives import canonical, make_objective
+from noharm.bench.objectives import make_objective
+from noharm.bench.spec import (  # noqa: F401  (re-exported: the budget rule's names, where callers import them)
+    FROM_DATASET, FROM_METHOD, FROM_SET, REPORTED_BUDGET, TrialSpec, budget_of, budget_text, declared_budget,
+    trial_hparams,
+)
 from noharm.bench.task import load_task
-from noharm.datasets import DATASETS, get_dataset
+from noharm.datasets import get_dataset
 from noharm.methods import FitContext, TaskData, get_method
 from noharm.methods.batches import eval_batch_size
-from noharm.methods.hparams import HparamError, resolve
-from noharm.methods.selection import STRATEGIES
-from noharm.settings import CHANNELS_LAST, PRECISION, SELECTION_METRIC
 
 SCORED_SPLITS = ("val", "test")
 # Splits a trial scores and stores by default (the scored ones); train is added for methods that declare
@@ -42,48 +43,14 @@ SCORED_SPLITS = ("val", "test")
 STORED_SPLITS = SCORED_SPLITS
 # What a trial's in-trial ERM reference takes from the method's settings: the budget and the architecture.
 BUDGET_HPARAMS = ("epochs", "batch_size", "patience", "backbone", "hidden", "pretrained")
-# The budget a trial always reports (with where each value came from), besides what its dataset declares.
-REPORTED_BUDGET = ("epochs", "batch_size")
-# Where a trial's hyperparameter value came from, strongest first: set by the user (`--set`) or the suite
-# (a fixed value or a searched one), the dataset's declared training budget, the method's declared default.
-FROM_SET, FROM_DATASET, FROM_METHOD = "set", "dataset", "method"
-
-
-@dataclass
-class TrialConfig:
-    """Everything that defines a trial's numbers (and nothing that does not)."""
-
-    dataset: str
-    attribute: str
-    method: str
-    seed: int = 0
-    hparams: dict[str, Any] = field(default_factory=dict)
-    dataset_options: dict[str, Any] = field(default_factory=dict)
-    objective: str = "acc"  # validation metric for early stopping / best epoch
-    precision: str = PRECISION.default
-    channels_last: str = CHANNELS_LAST.default  # changes float rounding only
-    min_group_size: int = 10
-    # No-harm selection against ERM inside the trial (the CLI's default for non-ERM
-    # methods). Sweeps leave these empty and compose stored predictions instead.
-    selectors: tuple[str, ...] = ()
-    selection_metric: str = SELECTION_METRIC.default
-    erm_predictions: str | None = None  # an ERM run folder for the same dataset, attribute and seed
-    # Also score and store the training split (default: validation and test only).
-    train_predictions: bool = False
-
-    def validate(self) -> None:
-        canonical(self.objective)
-        for setting in (PRECISION, CHANNELS_LAST, SELECTION_METRIC):
-            setting.check(getattr(self, setting.name), ConfigError)
-        if self.selectors:
-            unknown = [s for s in self.selectors if s not in STRATEGIES]
-            if unknown:
-                raise ConfigError(f"unknown selector {unknown[0]!r}; choose from: {', '.join(sorted(STRATEGIES))}")
+# The one trial spec (resolved once, by `TrialSpec.resolve`) and the budget rule live in `bench.spec`.
+# `TrialConfig(...)` is the old name of building one from the values set for a trial.
+TrialConfig = TrialSpec.resolve
 
 
 @dataclass
 class TrialResult:
-    config: TrialConfig
+    config: TrialSpec
     predictions: pd.DataFrame
     metrics: dict[str, float]
     group_names: tuple[str, ...]
@@ -91,44 +58,6 @@ class TrialResult:
     cost: dict[str, float]
     notes: dict[str, Any]
     state_dict: dict[str, Any] = field(default_factory=dict, repr=False)
-
-
-def declared_budget(dataset: str) -> dict[str, Any]:
-    """The training budget a registered dataset declares ({} when none, or for a plugin without the attribute)."""
-    return dict(getattr(DATASETS.get(dataset), "training_budget", None) or {})
-
-
-def trial_hparams(method: str, dataset: str,
-                  overrides: Mapping[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, str]]:
-    """A trial's hyperparameters, by the one precedence rule every caller uses (`noharm trial`, suites, keys).
-
-    A value set for the trial (`--set`, a suite's fixed value or a searched one) beats the dataset's
-    declared `training_budget` (e.g. german: 30 epochs at batch 32), which beats the method's declared
-    default. Returns the resolved values and, per name, where the value came from
-    (FROM_SET, FROM_DATASET or FROM_METHOD). Raises HparamError on a bad name or value.
-    """
-    declared = get_method(method).hparams
-    budget = {k: v for k, v in declared_budget(dataset).items() if k in declared}
-    try:
-        resolve(declared, budget, owner=method)
-    except HparamError as exc:  # a declaration mistake of the dataset, not the user's
-        raise HparamError(f"dataset {dataset!r} declares a bad training_budget: {exc}") from None
-    overrides = dict(overrides or {})
-    values = resolve(declared, {**budget, **overrides}, owner=method)
-    sources = {k: FROM_SET if k in overrides else FROM_DATASET if k in budget else FROM_METHOD for k in values}
-    return values, sources
-
-
-def budget_of(dataset: str, values: Mapping[str, Any], sources: Mapping[str, str]) -> dict[str, dict[str, Any]]:
-    """The trial's budget as {name: {"value", "source"}}: epochs, batch size and what the dataset declares."""
-    names = [*REPORTED_BUDGET, *(k for k in declared_budget(dataset) if k not in REPORTED_BUDGET)]
-    return {k: {"value": values[k], "source": sources[k]} for k in names if k in values}
-
-
-def budget_text(dataset: str, budget: Mapping[str, Mapping[str, Any]]) -> str:
-    """One line, e.g. `epochs=30 (dataset german), batch_size=32 (dataset german)`."""
-    where = {FROM_SET: "set for this trial", FROM_DATASET: f"dataset {dataset}", FROM_METHOD: "method default"}
-    return ", ".join(f"{k}={v['value']} ({where[v['source']]})" for k, v in budget.items())
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -186,7 +115,7 @@ def score_predictions(preds: pd.DataFrame, group_names: list[str]) -> dict[str, 
     return out
 
 
-def stored_splits(cfg: TrialConfig, method_cls) -> tuple[str, ...]:
+def stored_splits(cfg: TrialSpec, method_cls) -> tuple[str, ...]:
     """The splits a trial scores and stores: validation and test, plus train when asked for or declared."""
     if cfg.train_predictions or getattr(method_cls, "needs_train_predictions", False):
         return ("train", *STORED_SPLITS)
@@ -220,22 +149,22 @@ def score_splits(predictor, task: TaskData, splits: tuple[str, ...],
 
 
 def run_trial(
-    cfg: TrialConfig,
+    cfg: TrialSpec,
     device: str = "auto",
     log: Callable[[str], None] = lambda msg: None,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
 ) -> TrialResult:
-    """Train and score one trial. Raises on bad input before any training starts."""
-    cfg.validate()
-    t_start = time.perf_counter()
+    """Train and score one trial (its spec already resolved: nothing is resolved here). Raises on bad input
+    before any training starts."""
+    t_start, cpu_start = time.perf_counter(), time.process_time()
     dev = resolve_device(device)
     if cfg.precision == "fp16" and dev.type != "cuda":
         raise ConfigError("precision fp16 needs a CUDA device (it uses a gradient scaler); use bf16 on CPU")
     dataset = get_dataset(cfg.dataset, **cfg.dataset_options)
     method_cls = get_method(cfg.method)
-    hparams, sources = trial_hparams(cfg.method, cfg.dataset, cfg.hparams)
+    hparams, sources = cfg.hparams, cfg.sources
     method = method_cls(hparams)
-    budget = budget_of(cfg.dataset, hparams, sources)
+    budget = cfg.budget
     log(f"budget: {budget_text(cfg.dataset, budget)}")
     loaded = load_task(dataset, cfg.attribute, cfg.seed, cfg.min_group_size)
     task, bundle, grouping, load_seconds = loaded.task, loaded.bundle, loaded.grouping, loaded.load_seconds
@@ -267,6 +196,7 @@ def run_trial(
     stats = dict(getattr(predictor, "stats", {}) or {})
     cost = {
         "wall_seconds": time.perf_counter() - t_start,  # this method only, not the reference ERM
+        "cpu_seconds": time.process_time() - cpu_start,  # CPU time of every thread: the cost without other load
         "load_seconds": load_seconds,  # reading the data (decoding the images when the cache is cold)
         "fit_seconds": fit_seconds,
         "predict_seconds": predict_seconds,
@@ -323,7 +253,7 @@ def expert_diagnostics_of(method_cls, predictor, task: TaskData, preds: pd.DataF
                               features, sample)
 
 
-def erm_reference(cfg: TrialConfig, device: str, log: Callable[[str], None]) -> pd.DataFrame:
+def erm_reference(cfg: TrialSpec, device: str, log: Callable[[str], None]) -> pd.DataFrame:
     """ERM predictions for the same dataset, attribute and seed: loaded from a run folder, or trained now.
 
     A trained-now ERM gets the method's budget (BUDGET_HPARAMS: epochs, batch size, backbone, ...) and
@@ -344,10 +274,12 @@ def erm_reference(cfg: TrialConfig, device: str, log: Callable[[str], None]) -> 
         if other.get("method") != "erm":
             raise ConfigError(f"--erm {str(folder)!r} is a {other.get('method')!r} run, not an erm run")
         return pd.read_parquet(folder / PREDICTIONS_ARTIFACT)
-    shared = {k: v for k, v in cfg.hparams.items() if k in BUDGET_HPARAMS}
+    shared = {k: v for k, v in cfg.set_hparams.items() if k in BUDGET_HPARAMS}
     log("training pooled ERM for the no-harm selection")
-    erm_cfg = replace(cfg, method="erm", hparams=shared, selectors=(), erm_predictions=None)
-    return run_trial(erm_cfg, device=device).predictions
+    settings = {k: v for k, v in cfg.to_dict().items() if k not in ("method", "hparams", "sources")}
+    erm = TrialSpec.resolve(**{**settings, "method": "erm", "hparams": shared, "selectors": (),
+                               "erm_predictions": None})
+    return run_trial(erm, device=device).predictions
 
 
 def save_trial(result: TrialResult, out: str | os.PathLike, force: bool = False, model: bool = True) -> Path:
@@ -365,7 +297,8 @@ def save_trial(result: TrialResult, out: str | os.PathLike, force: bool = False,
         result.predictions.to_parquet(stage / PREDICTIONS_ARTIFACT, index=False)
         if model and result.state_dict:
             torch.save(result.state_dict, stage / MODEL_ARTIFACT)
-        config = {**asdict(result.config), "resolved_hparams": result.notes["hparams"],
+        # `resolved_hparams` (= hparams) kept for readers of older folders' layout (stress re-scoring).
+        config = {**result.config.to_dict(), "resolved_hparams": result.notes["hparams"],
                   "group_names": list(result.group_names), "candidates": list(result.candidates),
                   "command": sys.argv}
         (stage / CONFIG_ARTIFACT).write_text(json.dumps(config, indent=2, default=str) + "\n")

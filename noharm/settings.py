@@ -4,7 +4,7 @@ A trial's precision, its image models' memory format and the metric the no-harm 
 read by methods (`FitContext`, `methods.training`, `methods.selection`) and set by bench, so they are
 declared here, in the neutral package every layer may import (importing `noharm.methods` would load torch
 and every method, which `noharm --help` must not wait for). The suite schema (`bench.sweep.suite`, as a pydantic `Literal`), the trial config
-(`bench.trial.TrialConfig`) and the command line (`noharm trial`, argparse `choices`) all take them from
+(`bench.spec.TrialSpec`) and the command line (`noharm trial`, argparse `choices`) all take them from
 this module, so a value added here is accepted everywhere and nowhere else.
 """
 

@@ -89,21 +89,21 @@ def test_suite_trials_get_the_dataset_budget_unless_the_suite_sets_it():
 
     cells = {c.label: c for c in grid.cells(suite_with())}
     searched = {"lr": 0.01, "weight_decay": 1e-3}
-    german = grid.trial_config(suite_with(), cells["german"], searched, seed=0)
-    assert "epochs" not in german.hparams and "batch_size" not in german.hparams  # left to the rule
+    german = grid.trial_spec(suite_with(), cells["german"], searched, seed=0)
+    assert german.sources["epochs"] == german.sources["batch_size"] == FROM_DATASET  # left to the rule
     params = trial_params(german)
     assert (params["epochs"], params["batch_size"], params["lr"]) == (30, 32, 0.01)
     assert params["trial.budget"] == "epochs=30 (dataset german), batch_size=32 (dataset german)"
-    assert trial_params(grid.trial_config(suite_with(), cells["adult"], searched, 0))["trial.budget"] == (
+    assert trial_params(grid.trial_spec(suite_with(), cells["adult"], searched, 0))["trial.budget"] == (
         "epochs=10 (method default), batch_size=128 (method default)")
     # A search result read back from MLflow holds every resolved value, method defaults included: only its
     # searched names count, so the default epochs=10 stored there cannot mask the dataset's budget.
     full, _ = trial_hparams("fairsde", "adult", searched)
-    assert trial_key(grid.trial_config(suite_with(), cells["german"], full, 0)) == trial_key(german)
+    assert trial_key(grid.trial_spec(suite_with(), cells["german"], full, 0)) == trial_key(german)
     # The suite's value wins over the dataset's.
     suite = suite_with({"epochs": 3})
     cell = next(c for c in grid.cells(suite) if c.label == "german")
-    params = trial_params(grid.trial_config(suite, cell, searched, 0))
+    params = trial_params(grid.trial_spec(suite, cell, searched, 0))
     assert (params["epochs"], params["batch_size"]) == (3, 32)
     assert params["trial.budget"] == "epochs=3 (set for this trial), batch_size=32 (dataset german)"
 
@@ -130,7 +130,8 @@ def test_cli_trial_prints_and_saves_the_budget_and_its_source(tmp_path, capsys):
     assert notes["budget"] == {"epochs": {"value": 1, "source": FROM_SET},
                                "batch_size": {"value": 32, "source": FROM_DATASET}}
     config = json.loads((out / "config.json").read_text())
-    assert config["hparams"] == {"epochs": "1"} and config["resolved_hparams"]["batch_size"] == 32
+    assert config["hparams"]["epochs"] == 1 and config["sources"]["epochs"] == FROM_SET
+    assert config["resolved_hparams"]["batch_size"] == 32 and config["sources"]["batch_size"] == FROM_DATASET
 
 
 @pytest.mark.parametrize("method", ["fairsde", "fairsde-nce", "decoupled"])

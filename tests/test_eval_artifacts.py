@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import replace
 
 import pytest
 
 from noharm.bench.sweep.keys import trial_key
 from noharm.bench.sweep.suite import parse_suite
-from noharm.bench.sweep.trials import execute, keeps_model
+from noharm.bench.sweep.trials import Job, execute, keeps_model
 from noharm.bench.tracking import Tracker, default_uri
 from noharm.bench.trial import TrialConfig
 
@@ -43,8 +43,8 @@ def test_train_predictions_reach_the_trial_config():
 
     s = suite(train_predictions=True)
     cell = grid.cells(s)[0]
-    assert grid.trial_config(s, cell, {}, 0).train_predictions is True
-    assert grid.trial_config(suite(), cell, {}, 0).train_predictions is False
+    assert grid.trial_spec(s, cell, {}, 0).train_predictions is True
+    assert grid.trial_spec(suite(), cell, {}, 0).train_predictions is False
 
 
 @pytest.mark.parametrize("keep", ["evaluate", "all", "none"])
@@ -54,11 +54,11 @@ def test_search_seed_copies_only_when_search_runs_have_models(keep):
     s = suite(keep_models=keep)
     searcher = SweepSearcher(s, {}, {})
     cell = next(iter(searcher.cells.values()))
-    spec = searcher._trial_spec("evaluate", cell, {}, 0)
-    searcher.best[cell.id] = ({}, "RUN", spec["key"])
+    job = searcher._job("evaluate", cell, {}, 0)
+    searcher.best[cell.id] = ({}, "RUN", job.key)
     searcher.queue.clear()
     searcher._enqueue_evaluate(cell)
-    copies = {q["trial"]["seed"]: q["copy_from"] for q in searcher.queue if q["stage"] == "evaluate"}
+    copies = {q.trial.seed: q.copy_from for q in searcher.queue if q.stage == "evaluate"}
     assert copies == {0: None if keep == "evaluate" else "RUN", 1: None}
 
 
@@ -68,9 +68,9 @@ def test_sweep_runs_store_model_pt_by_stage(tmp_path):
                "git_commit": "c", "code_version": "v", "retries": 0, "device": "cpu", "keep_models": "evaluate"}
     files = {}
     for stage, seed in (("search", 0), ("evaluate", 1)):
-        cfg = TrialConfig(**{**asdict(CFG), "seed": seed})
-        spec = {"stage": stage, "name": stage, "key": trial_key(cfg), "cell": "c", "trial": asdict(cfg), "tags": {}}
-        result = execute(spec, context)
+        cfg = replace(CFG, seed=seed)
+        job = Job(stage=stage, name=stage, key=trial_key(cfg), cell="c", label="c", trial=cfg)
+        result = execute(job, context)
         assert result["failed"] == 0, result["error"]
         files[stage] = {a.path for a in tracker.client.list_artifacts(result["run_id"])}
     assert files["search"] == {"predictions.parquet", "config.json", "metrics.json"}

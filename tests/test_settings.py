@@ -16,7 +16,7 @@ import pytest
 from noharm.bench.cli import build_parser
 from noharm.bench.errors import ConfigError
 from noharm.bench.sweep.suite import SelectionSettings, Suite
-from noharm.bench.trial import TrialConfig
+from noharm.bench.trial import TrialConfig, TrialSpec
 from noharm.methods import FitContext
 from noharm.settings import CHANNELS_LAST, PRECISION, SELECTION_METRIC, SETTINGS, Setting
 
@@ -37,7 +37,7 @@ def places(setting: Setting) -> dict[str, tuple[tuple | None, object]]:
     """{place: (accepted values, or None where the place checks through `setting.check`; default)}."""
     cli = trial_options()[setting.name]
     out = {"noharm trial " + setting.flag: (tuple(cli.choices), cli.default),
-           "TrialConfig." + setting.name: (None, next(f.default for f in fields(TrialConfig) if f.name == setting.name))}
+           "TrialSpec." + setting.name: (None, next(f.default for f in fields(TrialSpec) if f.name == setting.name))}
     if setting is PRECISION:
         out["suite precision"] = suite_field(Suite, "precision")
     if setting is SELECTION_METRIC:

@@ -345,7 +345,7 @@ def test_grid_fixed_overrides_precedence_and_no_search_when_all_fixed():
     assert cells["decoupled"].fixed == {"epochs": 1, "lr": 0.2, "batch_size": 64}
     assert not cells["erm"].searched  # optimizer, lr and weight_decay fixed: nothing left to search
     assert cells["decoupled"].searched
-    cfg = grid.trial_config(suite, cells["decoupled"], {"lr": 0.9, "weight_decay": 1e-3}, seed=1)
+    cfg = grid.trial_spec(suite, cells["decoupled"], {"lr": 0.9, "weight_decay": 1e-3}, seed=1)
     assert cfg.hparams["lr"] == 0.2 and cfg.hparams["weight_decay"] == 1e-3 and cfg.hparams["epochs"] == 1
     assert cfg.seed == 1 and cfg.objective == "val/worst_group_auc"
 
@@ -365,15 +365,19 @@ def test_trial_key_is_stable_and_sensitive():
     from dataclasses import replace
 
     from noharm.bench.sweep.keys import compose_key, trial_key
-    from noharm.bench.trial import TrialConfig
+    from noharm.bench.trial import TrialSpec
 
-    base = TrialConfig(dataset="adult", attribute="sex", method="erm", seed=0, hparams={"epochs": 2})
+    def spec(hparams=None, **changes):
+        return TrialSpec.resolve(**{"dataset": "adult", "attribute": "sex", "method": "erm", "seed": 0,
+                                    "hparams": {"epochs": 2} if hparams is None else hparams, **changes})
+
+    base = spec()
     key = trial_key(base)
-    assert key == trial_key(replace(base, hparams={"epochs": 2.0}))  # cast through the declaration
-    assert trial_key(replace(base, hparams={})) == trial_key(replace(base, hparams={"epochs": 10}))  # default 10
-    assert trial_key(replace(base, hparams={"lr": 1e-3, "epochs": 2})) == key  # lr default is 1e-3
-    variants = [replace(base, seed=1), replace(base, attribute="race"), replace(base, method="groupdro"),
-                replace(base, hparams={"epochs": 3}), replace(base, dataset_options={"val_fraction": 0.3}),
+    assert key == trial_key(spec({"epochs": 2.0}))  # cast through the declaration
+    assert trial_key(spec({})) == trial_key(spec({"epochs": 10}))  # default 10
+    assert trial_key(spec({"lr": 1e-3, "epochs": 2})) == key  # lr default is 1e-3
+    variants = [replace(base, seed=1), replace(base, attribute="race"), spec(method="groupdro"),
+                spec({"epochs": 3}), replace(base, dataset_options={"val_fraction": 0.3}),
                 replace(base, objective="auc"), replace(base, precision="bf16"), replace(base, min_group_size=5)]
     assert len({trial_key(v) for v in variants} | {key}) == len(variants) + 1
     assert len(key) == 20 and key == trial_key(base)

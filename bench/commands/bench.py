@@ -19,7 +19,8 @@ def add_parser(sub) -> None:
                                    "comparison and the `mlflow ui` command. Rerunning resumes.")
     b.add_argument("--out", default="results", help="output folder (default: results)")
     b.add_argument("--suite", help="another suite file instead of the default one")
-    b.add_argument("--max-concurrent", type=int, help="at most N trials at once (default: the suite's)")
+    b.add_argument("--max-concurrent", type=int, help="at most N trials at once (default: the suite's, else as many "
+                                                      "as the CPUs and GPUs allow)")
     b.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite under --out)")
     b.set_defaults(func=run)
 

@@ -41,7 +41,7 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from noharm.bench.console import trial_report
-    from noharm.bench.trial import TrialConfig, budget_text, run_trial, save_trial
+    from noharm.bench.trial import TrialSpec, budget_text, run_trial, save_trial
     from noharm.datasets import resolve_root
     from noharm.methods.hparams import parse_assignments
 
@@ -54,14 +54,13 @@ def run(args: argparse.Namespace) -> int:
         root = resolve_root(args.dataset, args.data_root, **{k: v for k, v in options.items() if k != "root"})
         if root is not None:
             options["root"] = root
-    cfg = TrialConfig(
+    cfg = TrialSpec.resolve(  # the one resolution of this trial's hyperparameters (set > dataset > method)
         dataset=args.dataset, attribute=args.attribute, method=args.method, seed=args.seed,
         hparams=parse_assignments(args.set), dataset_options=options, objective=args.objective,
         precision=args.precision, channels_last=args.channels_last, selection_metric=args.selection_metric, erm_predictions=args.erm,
         train_predictions=args.train_predictions,
         selectors=tuple(x.strip() for x in args.selectors.split(",") if x.strip() and x.strip() != "none"),
     )
-    cfg.validate()
     check_device(args.device)
     check_out_folder(args.out, force=args.force)
     log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))

@@ -4,7 +4,9 @@ A *cell* is one (dataset entry, attribute, method) with its fixed
 hyperparameters. A cell is either searched (Optuna over the method's declared
 space, on the search seed) or takes its settings from another cell's search
 (`search_from`), or from the declared defaults when nothing is searched.
-`trial_config` turns a cell, hyperparameters and a seed into a `TrialConfig`.
+`trial_spec` turns a cell, the searched settings and a seed into the trial's `TrialSpec`: the one place
+a search proposal (or a search result read back) meets the cell's fixed settings and the suite's, and
+the one place a sweep trial's hyperparameters are resolved.
 """
 
 from __future__ import annotations
@@ -14,9 +16,8 @@ from typing import Any
 
 from noharm.analysis.record import COMPOSE, EVALUATE, SEARCH
 from noharm.bench.sweep.suite import DatasetEntry, MethodEntry, Suite
-from noharm.bench.trial import TrialConfig, trial_hparams
+from noharm.bench.spec import TrialSpec
 from noharm.methods import get_method
-from noharm.methods.hparams import resolve
 
 ERM = "erm"
 
@@ -92,19 +93,18 @@ def cells(suite: Suite) -> list[Cell]:
     return out
 
 
-def trial_config(suite: Suite, cell: Cell, hparams: dict[str, Any], seed: int) -> TrialConfig:
-    """The trial of `cell` with the searched values of `hparams` and the cell's fixed overrides on `seed`.
+def trial_spec(suite: Suite, cell: Cell, hparams: dict[str, Any], seed: int) -> TrialSpec:
+    """The trial of `cell` on `seed` with the searched values of `hparams` and the cell's fixed overrides.
 
-    The config holds only what the suite sets (searched and fixed values); every other name is left to
-    `run_trial`, which resolves it by the one rule of `bench.trial.trial_hparams` (set > the dataset's
-    declared budget > the method's default) and records where each value came from. `hparams` may be a
-    fully resolved dict (a search result read back from MLflow): only its searched names are kept, so a
-    method default stored there never masks the dataset's budget.
+    Those values are set for the trial; every other name is resolved here, once, by the budget rule of
+    `TrialSpec.resolve` (set > the dataset's declared budget > the method's default), and the spec records
+    where each value came from. `hparams` may be a fully resolved dict (a search result read back from
+    MLflow): only its searched names are kept, so a method default stored there never masks the
+    dataset's budget. A bad name or value fails here, in the driver, not in a worker.
     """
     searched = set(searchable(cell.method, cell.fixed))
     chosen = {**{k: v for k, v in hparams.items() if k in searched}, **cell.fixed}
-    trial_hparams(cell.method, cell.dataset, chosen)  # a bad name or value fails here, not in a worker
-    return TrialConfig(
+    return TrialSpec.resolve(
         dataset=cell.dataset, attribute=cell.attribute, method=cell.method, seed=seed, hparams=chosen,
         dataset_options=dict(cell.options), objective=suite.search.objective, precision=suite.precision,
         min_group_size=suite.min_group_size, train_predictions=suite.train_predictions,

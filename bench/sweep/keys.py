@@ -16,10 +16,8 @@ import json
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from noharm.bench.trial import TrialConfig, trial_hparams
+from noharm.bench.spec import TrialSpec
 from noharm.datasets.splits import split_file_digest
-from noharm.methods import get_method
-from noharm.methods.hparams import resolve
 
 # Bump the suffix when a change alters trial numbers without changing the package
 # version (a fixed bug in a loss, a new split rule): old keys then no longer match.
@@ -43,13 +41,13 @@ def _digest(payload: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
-def trial_key(cfg: TrialConfig) -> str:
-    """The key of one trial; hyperparameters are resolved first (`trial_hparams`: set > dataset budget >
-    method default), so defaults, a dataset's budget and the same values set explicitly agree."""
-    hparams, _ = trial_hparams(cfg.method, cfg.dataset, cfg.hparams)
+def trial_key(cfg: TrialSpec) -> str:
+    """The key of one trial. The spec's hyperparameters are resolved (set > dataset budget > method
+    default), so defaults, a dataset's budget and the same values set explicitly agree; where a value
+    came from (`sources`) is not hashed: it does not change the numbers."""
     payload = {
         "dataset": cfg.dataset, "attribute": cfg.attribute, "method": cfg.method,
-        "hparams": hparams, "seed": int(cfg.seed), "dataset_options": cfg.dataset_options,
+        "hparams": cfg.hparams, "seed": int(cfg.seed), "dataset_options": cfg.dataset_options,
         "objective": cfg.objective, "precision": cfg.precision, "min_group_size": int(cfg.min_group_size),
         "version": CODE_VERSION,
     }

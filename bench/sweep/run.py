@@ -7,7 +7,9 @@ The flow:
    experiment (creating the store in the driver, before any trial);
 3. end runs a killed driver left RUNNING; read what is already FINISHED;
 4. one Tuner whose searcher (`bench.sweep.searcher`) proposes search, evaluate and compose trials,
-   skipping every key already FINISHED, while `bench.sweep.progress` prints one status line;
+   skipping every key already FINISHED, as many at once as the machine holds (`bench.sweep.capacity`;
+   the first line says how many and on what), while `bench.sweep.progress` prints one status line with
+   an ETA;
 5. report: the comparison table (`bench.sweep.report`), where the results are, and the
    `mlflow ui` command. Exit 0 when everything finished, 1 when some trial failed.
 """
@@ -126,6 +128,23 @@ def searcher_from_store(suite: Suite, tracker: Tracker, invocation: str):
     return searcher
 
 
+def announce(say, suite: Suite, searcher, capacity, uri: str, experiment: str, address: str | None,
+             resumed: bool, stale: int) -> None:
+    """The run's first lines: trials per stage, how many run at once and on what, where they are tracked."""
+    planned = {k: v.planned for k, v in searcher.counts.items()}
+    say(f"suite {suite.name}: {planned['search']} search, {planned['evaluate']} evaluate, "
+        f"{planned['compose']} compose trials" + (f"; {capacity.describe()}" if capacity else "")
+        + f"; tracking {uri} (experiment {experiment!r})")
+    if address and is_local_store(uri):
+        say("note: a local sqlite store is only reachable by trials on this machine; on a multi-node "
+            "cluster pass --tracking-uri http://HOST:PORT (an MLflow server)")
+    if resumed:
+        # Counted as the progress line counts them ("N already in MLflow"): trials, not runs.
+        skipped = sum(c.skipped for c in searcher.counts.values())
+        say(f"resuming: {skipped} trials already FINISHED in MLflow are skipped"
+            + (f"; {stale} interrupted runs marked KILLED" if stale else ""))
+
+
 def tune_storage(out: Path, ray_tmp: Path | None) -> Path:
     """Where Tune keeps its experiment state: `<out>/ray`, or beside Ray's temp files for a non-ASCII --out."""
     if ray_tmp is not None and not str(out).isascii():
@@ -146,6 +165,12 @@ def start_ray(address: str | None) -> bool:
     ray.init(address="local", log_to_driver=False, logging_level="error", include_dashboard=False,
              _temp_dir=str(tmp / "ray"))
     return True
+
+
+def stop_ray() -> None:
+    import ray  # lazy: imported by start_ray already; Ray reads its environment when imported
+
+    ray.shutdown()
 
 
 def run_suite(suite: Suite, out: str | os.PathLike, tracking_uri: str | None = None, experiment: str | None = None,
@@ -202,6 +227,7 @@ def _run_locked(suite: Suite, out: Path, tracker: Tracker, exp_name: str, addres
     # searcher and trainables import Ray.
     from ray import tune  # lazy: see above
 
+    from noharm.bench.sweep.capacity import plan, ray_nodes  # lazy: see above
     from noharm.bench.sweep.progress import Progress  # lazy: see above
     from noharm.bench.sweep.searcher import SweepSearcher, prior_search_results  # lazy: see above
     from noharm.bench.sweep.trials import tune_trainable  # lazy: see above
@@ -212,37 +238,28 @@ def _run_locked(suite: Suite, out: Path, tracker: Tracker, exp_name: str, addres
     finished = tracker.finished_index(suite.name)
     prior = prior_search_results([r for (stage, _), r in finished.items() if stage == SEARCH], suite, CODE_VERSION)
     searcher = SweepSearcher(suite, finished, prior)
-    if not quiet:
-        say = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
-        planned = {k: v.planned for k, v in searcher.counts.items()}
-        say(f"suite {suite.name}: {planned['search']} search, {planned['evaluate']} evaluate, "
-            f"{planned['compose']} compose trials; tracking {uri} (experiment {exp_name!r})")
-        if address and is_local_store(uri):
-            say("note: a local sqlite store is only reachable by trials on this machine; on a multi-node "
-                "cluster pass --tracking-uri http://HOST:PORT (an MLflow server)")
-        skipped = sum(c.skipped for c in searcher.counts.values())
-        if finished or stale:
-            # Counted as the progress line counts them ("N already in MLflow"): trials, not runs.
-            say(f"resuming: {skipped} trials already FINISHED in MLflow are skipped"
-                + (f"; {stale} interrupted runs marked KILLED" if stale else ""))
-
+    say = (lambda msg: None) if quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))  # noqa: E731
     invocation = uuid.uuid4().hex[:12]
     client = bool(address and address.startswith("ray://"))
     context = {"uri": uri, "experiment_id": tracker.experiment_id, "suite": suite.name,
                "invocation": invocation, "git_commit": git_commit(), "code_version": CODE_VERSION,
                "retries": suite.retries, "device": device, "keep_models": suite.keep_models}
-    started = False
+    started, capacity = False, None
     try:
         if not searcher.is_done():  # a finished suite needs no Ray at all
             started = start_ray(address)
-            progress = Progress(searcher, quiet=quiet)
-            resources = {"cpu": suite.resources.cpu, "gpu": suite.resources.gpu}
+            capacity = plan(ray_nodes(), suite.resources.cpu, suite.resources.gpu, suite.max_concurrent,
+                            max_concurrent)
+        announce(say, suite, searcher, capacity, uri, exp_name, address, resumed=bool(finished or stale), stale=stale)
+        if capacity is not None:
+            progress = Progress(searcher, quiet=quiet, concurrency=capacity.trials)
+            resources = {"cpu": capacity.cpu_per_trial, "gpu": capacity.gpu_per_trial}
             trainable = tune.with_resources(tune.with_parameters(tune_trainable, context=context), resources)
             tuner = tune.Tuner(
                 trainable,
                 tune_config=tune.TuneConfig(
                     search_alg=searcher, num_samples=-1, reuse_actors=True,
-                    max_concurrent_trials=max_concurrent or suite.max_concurrent,
+                    max_concurrent_trials=capacity.tune_limit,
                     trial_name_creator=lambda t: t.trial_id, trial_dirname_creator=lambda t: t.trial_id,
                 ),
                 run_config=tune.RunConfig(
@@ -264,9 +281,7 @@ def _run_locked(suite: Suite, out: Path, tracker: Tracker, exp_name: str, addres
             tracker.close_invocation(suite.name, invocation, status="FAILED" if searcher.is_done() else "KILLED")
     finally:
         if started:
-            import ray  # lazy: imported by start_ray already; Ray reads its environment when imported
-
-            ray.shutdown()
+            stop_ray()
         if ray_tmp is not None:
             for key in ("RAY_TMPDIR", "TMPDIR"):  # this process goes on without them
                 if os.environ.get(key) == str(ray_tmp):

@@ -30,8 +30,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import time
 from collections import deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import optuna
@@ -43,7 +44,7 @@ from noharm.bench.sweep import grid
 from noharm.bench.sweep.grid import ERM, Cell
 from noharm.bench.sweep.keys import compose_key, trial_key
 from noharm.bench.sweep.suite import Suite
-from noharm.bench.sweep.trials import WORST_OBJECTIVE, stored_objective
+from noharm.bench.sweep.trials import WORST_OBJECTIVE, Job, stored_objective
 from noharm.datasets import DATASETS
 from noharm.methods import get_method
 from noharm.methods.hparams import search_space
@@ -88,6 +89,15 @@ class SearchState:
         return number in self.results or number in self.failed
 
 
+# What a trial costs, for the ETA (`bench.sweep.progress.estimate_remaining`): training (search and
+# evaluate), copying the best search run (evaluate on the search seed), composing stored predictions.
+TRAIN, COPY = "train", "copy"
+
+
+def work_kind(job: "Job") -> str:
+    return COMPOSE if job.stage == COMPOSE else COPY if job.copy_from else TRAIN
+
+
 @dataclass
 class Failure:
     stage: str
@@ -100,7 +110,11 @@ def stable_seed(text: str) -> int:
 
 
 class SweepSearcher(Searcher):
-    """Proposes every trial of a suite, in dependency order, skipping what MLflow already holds."""
+    """Proposes every trial of a suite, in dependency order, skipping what MLflow already holds.
+
+    Each proposal is a `Job` whose trial spec is resolved here, in the driver (`grid.trial_spec`); Tune
+    gets it as `{"job": job.to_dict()}`.
+    """
 
     def __init__(self, suite: Suite, finished: dict[tuple[str, str], Any], prior_search: dict[str, list]):
         """`finished`: {(stage, key): run} already FINISHED; `prior_search`: {cell id: [(hparams, objective,
@@ -111,9 +125,13 @@ class SweepSearcher(Searcher):
         self.cells = {c.id: c for c in grid.cells(suite)}
         self.counts = {stage: StageCount() for stage in (SEARCH, EVALUATE, COMPOSE)}
         self.failures: list[Failure] = []
-        self.queue: deque[dict[str, Any]] = deque()
-        self.live: dict[str, dict[str, Any]] = {}  # trial id -> spec
+        self.queue: deque[Job] = deque()
+        self.live: dict[str, Job] = {}  # trial id -> job
         self.searches: dict[str, SearchState] = {}
+        # Trial id -> when it started (monotonic). Tune asks for a trial before a slot is free (one waits
+        # PENDING): it counts as running from `trial_started` (the progress callback's on_trial_start) on.
+        self.started: dict[str, float] = {}
+        self.timings: list[tuple[str, str, float]] = []  # (work kind, cell id, seconds) of trials run here
         self.best: dict[str, tuple[dict[str, Any], str | None, str | None]] = {}  # cell -> (hparams, run, key)
         self.eval_runs: dict[tuple[str, int], tuple[str, str]] = {}  # (cell id, seed) -> (run id, key)
         self.eval_failed: set[tuple[str, int]] = set()
@@ -139,32 +157,42 @@ class SweepSearcher(Searcher):
 
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
         # Searches first: they gate evaluations, so running them early leaves no idle slots at the end.
-        spec = self._next_search(trial_id)
-        if spec is None and self.queue:
-            spec = self.queue.popleft()
-        if spec is None:
+        job = self._next_search(trial_id)
+        if job is None and self.queue:
+            job = self.queue.popleft()
+        if job is None:
             return Searcher.FINISHED if self.is_done() else None
-        self.live[trial_id] = spec
-        self.counts[spec["stage"]].running += 1
-        return {"spec": spec}
+        self.live[trial_id] = job
+        return {"job": job.to_dict()}
+
+    def trial_started(self, trial_id: str) -> None:
+        """Tune started the trial (it had waited PENDING for a free slot until now)."""
+        job = self.live.get(trial_id)
+        if job is not None and trial_id not in self.started:
+            self.started[trial_id] = time.monotonic()
+            self.counts[job.stage].running += 1
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        spec = self.live.pop(trial_id, None)
-        if spec is None:
+        job = self.live.pop(trial_id, None)
+        if job is None:
             return
-        count = self.counts[spec["stage"]]
-        count.running -= 1
+        count = self.counts[job.stage]
+        start = self.started.pop(trial_id, None)
+        if start is not None:
+            count.running -= 1
         failed = error or not result or bool(result.get("failed"))
         message = (result or {}).get("error") or ("the trial's worker crashed" if error else "no result")
         if failed:
             count.failed += 1
-            self.failures.append(Failure(spec["stage"], spec["label"], message))
+            self.failures.append(Failure(job.stage, job.label, message))
         elif result.get("skipped"):
             count.skipped += 1
         else:
             count.done += 1
+            if start is not None:
+                self.timings.append((work_kind(job), job.cell, time.monotonic() - start))
         handler = {SEARCH: self._search_done, EVALUATE: self._evaluate_done, COMPOSE: lambda *a: None}
-        handler[spec["stage"]](spec, trial_id, None if failed else result)
+        handler[job.stage](job, trial_id, None if failed else result)
 
     def save(self, checkpoint_path: str) -> None:
         # MLflow is the record a sweep resumes from (see the module docstring); Tune's
@@ -178,6 +206,26 @@ class SweepSearcher(Searcher):
     def is_done(self) -> bool:
         return not self.queue and not self.live and all(s.finished for s in self.searches.values())
 
+    def remaining(self) -> tuple[list[tuple[str, str]], list[tuple[str, str, float]]]:
+        """The work left, for the ETA: [(work kind, cell id)] not started yet (every trial the suite may still
+        run, as far as it is known now) and [(work kind, cell id, seconds so far)] running."""
+        now = time.monotonic()
+        running = [(work_kind(job), job.cell, now - self.started[tid]) for tid, job in self.live.items()
+                   if tid in self.started]
+        todo = [(work_kind(job), job.cell) for tid, job in self.live.items() if tid not in self.started]
+        todo += [(TRAIN, state.cell.id) for state in self.searches.values() for _ in state.todo]
+        todo += [(work_kind(job), job.cell) for job in self.queue]
+        copies = self.suite.keep_models != EVALUATE
+        for cell in self.cells.values():  # evaluations that wait for a search
+            state = self.searches.get(cell.id if cell.searched else cell.search_from or "")
+            if state is None or state.finished:
+                continue
+            seeds = len(self.suite.seeds)
+            copy = int(cell.searched and copies and self.suite.search_seed in self.suite.seeds)
+            todo += [(TRAIN, cell.id)] * (seeds - copy) + [(COPY, cell.id)] * copy
+        todo += [(COMPOSE, grid.cell_id(*pair, method)) for pair, method, _ in self.compose_pending]
+        return todo, running
+
     # ---- search --------------------------------------------------------------------------------
     def _start_search(self, cell: Cell, prior: list) -> None:
 
@@ -188,7 +236,7 @@ class SweepSearcher(Searcher):
             # Only results of exactly this search (same fixed settings, seed, objective, code) count.
             if not 0 <= number < trials or number in state.results:
                 continue
-            if trial_key(grid.trial_config(self.suite, cell, hparams, self.suite.search_seed)) != key:
+            if trial_key(grid.trial_spec(self.suite, cell, hparams, self.suite.search_seed)) != key:
                 continue
             state.results[number] = (max(objective, WORST_OBJECTIVE), hparams, run_id, key)
             state.keys[number] = key
@@ -197,51 +245,50 @@ class SweepSearcher(Searcher):
         self.counts[SEARCH].planned += trials
         self.counts[SEARCH].skipped += len(state.results)
 
-    def _next_search(self, trial_id: str) -> dict[str, Any] | None:
+    def _next_search(self, trial_id: str) -> Job | None:
         # Round-robin over cells with budget left, so every search progresses.
         for state in sorted(self.searches.values(), key=lambda s: (len(s.running) + len(s.results), s.cell.id)):
             if not state.todo:
                 continue
             number = state.todo[0]
-            spec = self._propose(state, number)
-            if spec is None:  # its history is not settled yet
+            job = self._propose(state, number)
+            if job is None:  # its history is not settled yet
                 continue
             state.todo.pop(0)
             state.running[trial_id] = number
-            state.keys[number] = spec["key"]
-            return spec
+            state.keys[number] = job.key
+            return job
         return None
 
-    def _propose(self, state: SearchState, number: int) -> dict[str, Any] | None:
+    def _propose(self, state: SearchState, number: int) -> Job | None:
         """The settings of trial `number` of a cell: a pure function of (suite, cell, number, history)."""
         visible = range(number - HISTORY_LAG + 1)
         if not all(state.settled(j) for j in visible):
             return None
         history = [(state.results[j][1], state.results[j][0]) for j in visible if j in state.results]
         taken = {key for j, key in state.keys.items() if j < number}
-        spec = None
+        job = None
         for attempt in range(REDRAWS):
             seed = stable_seed(f"{self.suite.name}/{state.cell.id}/{number}/{attempt}")
             # Trial 0 runs the method's declared defaults, so the search never ends worse (on
             # validation) than the defaults: three random draws can all land where a method fails.
             hparams = declared_defaults(state.cell.method, state.space) if number == 0 and attempt == 0 \
                 else draw_settings(state.space, history, seed)
-            spec = self._trial_spec(SEARCH, state.cell, hparams, self.suite.search_seed)
+            job = self._job(SEARCH, state.cell, hparams, self.suite.search_seed)
             # A small discrete space may have nothing new left: the last draw then runs anyway
             # (a cheap skip when its key is FINISHED).
-            if spec["key"] not in taken:
+            if job.key not in taken:
                 break
-        spec["tags"]["search_trial"] = number
-        return spec
+        return replace(job, tags={**job.tags, "search_trial": number})
 
-    def _search_done(self, spec: dict[str, Any], trial_id: str, result: dict | None) -> None:
-        state = self.searches[spec["cell"]]
+    def _search_done(self, job: Job, trial_id: str, result: dict | None) -> None:
+        state = self.searches[job.cell]
         number = state.running.pop(trial_id)
         if result is None:
             state.failed.add(number)
         else:
             objective = float(result.get("objective", WORST_OBJECTIVE))
-            state.results[number] = (objective, spec["trial"]["hparams"], result["run_id"], spec["key"])
+            state.results[number] = (objective, job.trial.hparams, result["run_id"], job.key)
         self._maybe_finish_search(state)
 
     def _maybe_finish_search(self, state: SearchState) -> None:
@@ -265,17 +312,17 @@ class SweepSearcher(Searcher):
     def _enqueue_evaluate(self, cell: Cell) -> None:
         hparams, best_run, best_key = self.best[cell.id]
         for seed in self.suite.seeds:
-            spec = self._trial_spec(EVALUATE, cell, hparams, seed)
-            done = self.finished_runs.get((EVALUATE, spec["key"]))
+            job = self._job(EVALUATE, cell, hparams, seed)
+            done = self.finished_runs.get((EVALUATE, job.key))
             if done:
                 self.counts[EVALUATE].skipped += 1
-                self._record_evaluate(cell, seed, done, spec["key"])
+                self._record_evaluate(cell, seed, done, job.key)
                 continue
             # Search runs keep no model.pt when only evaluate runs do: the search seed then retrains
             # (same seed, same numbers) so that its evaluate run has one.
-            if best_run and spec["key"] == best_key and self.suite.keep_models != EVALUATE:
-                spec["copy_from"] = best_run
-            self.queue.append(spec)
+            if best_run and job.key == best_key and self.suite.keep_models != EVALUATE:
+                job = replace(job, copy_from=best_run)
+            self.queue.append(job)
 
     def _block_evaluate(self, cell: Cell, reason: str) -> None:
         for seed in self.suite.seeds:
@@ -283,12 +330,12 @@ class SweepSearcher(Searcher):
             self.failures.append(Failure(EVALUATE, f"{cell.id} s{seed}", f"not run: {reason}"))
             self._evaluate_failed(cell, seed)
 
-    def _evaluate_done(self, spec: dict[str, Any], trial_id: str, result: dict | None) -> None:
-        cell, seed = self.cells[spec["cell"]], spec["trial"]["seed"]
+    def _evaluate_done(self, job: Job, trial_id: str, result: dict | None) -> None:
+        cell, seed = self.cells[job.cell], job.trial.seed
         if result is None:
             self._evaluate_failed(cell, seed)
         else:
-            self._record_evaluate(cell, seed, result["run_id"], spec["key"])
+            self._record_evaluate(cell, seed, result["run_id"], job.key)
 
     def _record_evaluate(self, cell: Cell, seed: int, run_id: str, key: str) -> None:
         self.eval_runs[(cell.id, seed)] = (run_id, key)
@@ -326,25 +373,22 @@ class SweepSearcher(Searcher):
                 self.counts[COMPOSE].skipped += 1
                 continue
             cell = self.cells[method_id]
-            self.queue.append({
-                "stage": COMPOSE, "cell": method_id, "key": method_key,
-                "name": f"compose {method_id} s{seed}", "label": f"{method_id} s{seed}",
-                "tags": {}, COMPOSE: {"method_run": method_run, "erm_run": erm_run, "strategies": list(keys),
-                                        "keys": keys, "metric": metric, "candidate": candidate,
-                                        "dataset": cell.dataset, "seed": seed},
-            })
+            self.queue.append(Job(
+                stage=COMPOSE, cell=method_id, key=method_key, name=f"compose {method_id} s{seed}",
+                label=f"{method_id} s{seed}",
+                compose={"method_run": method_run, "erm_run": erm_run, "strategies": list(keys), "keys": keys,
+                         "metric": metric, "candidate": candidate, "dataset": cell.dataset, "seed": seed},
+            ))
 
-    # ---- specs ---------------------------------------------------------------------------------
-    def _trial_spec(self, stage: str, cell: Cell, hparams: dict[str, Any], seed: int) -> dict[str, Any]:
-        cfg = grid.trial_config(self.suite, cell, hparams, seed)
+    # ---- jobs ----------------------------------------------------------------------------------
+    def _job(self, stage: str, cell: Cell, hparams: dict[str, Any], seed: int) -> Job:
+        """A search or evaluate job: `hparams` (a proposal or a search's best) merged into the cell's spec."""
+        spec = grid.trial_spec(self.suite, cell, hparams, seed)
         target = cell.options.get("target") or DATASETS.get(cell.dataset).default_target
-        return {
-            "stage": stage, "cell": cell.id, "key": trial_key(cfg), "name": f"{stage} {cell.id} s{seed}",
-            "label": f"{cell.id} s{seed}",
-            "trial": asdict(cfg), "copy_from": None,
-            "tags": {"dataset": cell.dataset, "target": target, "attribute": cell.attribute,
-                     "method": cell.method, "seed": seed, **search_tags(cell)},
-        }
+        return Job(stage=stage, cell=cell.id, key=trial_key(spec), name=f"{stage} {cell.id} s{seed}",
+                   label=f"{cell.id} s{seed}", trial=spec,
+                   tags={"dataset": cell.dataset, "target": target, "attribute": cell.attribute,
+                         "method": cell.method, "seed": seed, **search_tags(cell)})
 
 
 def search_tags(cell: Cell) -> dict[str, str]:

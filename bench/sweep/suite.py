@@ -18,8 +18,8 @@ The format (the README section "Suite files" has the long version)::
     search: {trials: 4, objective: val/worst_group_auc}
     selectors: [greedy, ip-gap, ip-utility]
     selection: {metric: accuracy, wrap: experts}
-    resources: {cpu: 1, gpu: 0}
-    max_concurrent: 2
+    resources: {cpu: 1, gpu: auto}   # per trial; gpu auto: one per trial when there are GPUs
+    max_concurrent: 2            # default: as many trials at once as the resources allow
     retries: 1
     tracking: {uri: null, experiment: null}
 """
@@ -101,8 +101,20 @@ class SelectionSettings(Strict):
 
 
 class Resources(Strict):
+    """What one trial asks Ray for (`bench.sweep.capacity`: the sweep runs as many at once as fit)."""
+
     cpu: float = Field(1.0, gt=0)
-    gpu: float = Field(0.0, ge=0)
+    # GPUs per trial: a number (0.25: four trials share a GPU), or auto: one when the cluster has GPUs.
+    gpu: float | str = Field("auto", description="GPUs per trial, or auto")
+
+    @field_validator("gpu", mode="before")
+    @classmethod
+    def _gpu(cls, gpu: Any) -> float | str:
+        if gpu == "auto":
+            return gpu
+        if isinstance(gpu, bool) or not isinstance(gpu, (int, float)) or gpu < 0:
+            raise ValueError("must be a number of GPUs per trial (0, 0.25, 1, ...) or auto")
+        return float(gpu)
 
 
 class TrackingSettings(Strict):

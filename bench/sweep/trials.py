@@ -1,13 +1,11 @@
 """What one sweep trial does, in plain Python (Ray Tune calls `tune_trainable`; tests may call `execute`).
 
-A trial *spec* (built by `bench.sweep.searcher`) is a JSON-able dict:
+A sweep trial is a `Job` (built by `bench.sweep.searcher` in the driver): its stage, cell, key, run name
+and tags, and for search / evaluate the trial's resolved `TrialSpec` (`copy_from`: on the search seed,
+the best search run to copy), for compose the two runs and the strategies. It crosses to the worker as
+a plain dict (`Job.to_dict`); the worker rebuilds it with `Job.from_dict`, which refuses an unknown key.
 
-    {"stage": "search" | "evaluate" | "compose", "name": ..., "key": ..., "cell": ...,
-     "trial": TrialConfig fields,            # search / evaluate
-     "copy_from": run id or None,            # evaluate on the search seed: copy the best search run
-     "compose": {...}}                       # compose: the two runs and the strategies
-
-Every spec is idempotent: a key already FINISHED in MLflow is reported, not rerun,
+Every job is idempotent: a key already FINISHED in MLflow is reported, not rerun,
 so a trial that a killed driver left behind never yields a second FINISHED run.
 """
 
@@ -18,26 +16,67 @@ import math
 import sys
 import tempfile
 import traceback
-from dataclasses import fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from ray import tune
 
 from noharm.analysis import predictions as P
-from noharm.analysis.record import COMPOSE, EVALUATE, PREDICTIONS_ARTIFACT, TAG, selected
+from noharm.analysis.record import COMPOSE, EVALUATE, PREDICTIONS_ARTIFACT, SEARCH, TAG, selected
 from noharm.bench.compose import ERM_CANDIDATE, compose
+from noharm.bench.errors import ConfigError
 from noharm.bench.objectives import MINIMISED_SUFFIXES, canonical
+from noharm.bench.spec import TrialSpec, budget_text
+from noharm.bench.sweep.capacity import trial_device
 from noharm.bench.tracking import Tracker
-from noharm.bench.trial import (
-    TrialConfig, budget_of, budget_text, run_trial, save_trial, score_predictions, trial_hparams,
-)
+from noharm.bench.trial import run_trial, save_trial, score_predictions
 from noharm.methods import get_method
 
 # Reported to Optuna for an undefined objective (e.g. worst-group AUC of a one-class group).
 WORST_OBJECTIVE = -1e9
 
 _trackers: dict[tuple[str, str], Tracker] = {}
+STAGES = (SEARCH, EVALUATE, COMPOSE)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One sweep trial as the driver hands it to a worker."""
+
+    stage: str  # search, evaluate or compose
+    cell: str  # dataset/attribute/method
+    key: str  # trial key (compose: the method run's key; each strategy has its own in `compose`)
+    name: str  # MLflow run name
+    label: str  # how progress and failure lines name it
+    tags: dict[str, Any] = field(default_factory=dict)  # noharm.* run tags: dataset, target, seed, ...
+    trial: TrialSpec | None = None  # search / evaluate
+    copy_from: str | None = None  # evaluate on the search seed: the best search run, copied not retrained
+    compose: dict[str, Any] | None = None  # compose: the two runs, strategies, keys, metric, candidate
+
+    def __post_init__(self) -> None:
+        if self.stage not in STAGES:
+            raise ConfigError(f"sweep job: unknown stage {self.stage!r}; one of {', '.join(STAGES)}")
+        if (self.trial is None) == (self.stage != COMPOSE) or (self.compose is None) == (self.stage == COMPOSE):
+            raise ConfigError(f"sweep job: a {self.stage} job needs "
+                              f"{'compose settings' if self.stage == COMPOSE else 'a trial spec'} and nothing else")
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain dict for Ray's trial config; `from_dict` reads it back."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["trial"] = self.trial.to_dict() if self.trial is not None else None
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Job":
+        """The job `to_dict` wrote; an unknown key (here or in the trial spec) is one ConfigError line."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"sweep job: unknown key(s) {', '.join(map(repr, unknown))}; valid keys: "
+                              f"{', '.join(sorted(known))} (a driver and a worker of different noharm versions?)")
+        trial = data.get("trial")
+        return cls(**{**data, "trial": TrialSpec.from_dict(trial) if trial is not None else None})
 
 
 def tracker_for(context: dict[str, Any]) -> Tracker:
@@ -49,33 +88,48 @@ def tracker_for(context: dict[str, Any]) -> Tracker:
 
 
 def tune_trainable(config: dict[str, Any], context: dict[str, Any]) -> None:
-    """The Ray Tune function trainable: run the spec, report one result."""
-    tune.report(execute(config["spec"], context))
+    """The Ray Tune function trainable: run the job, report one result (a job this worker cannot read is a
+    failed trial whose error line says why, e.g. an unknown key from a driver of another version)."""
+    try:
+        job = Job.from_dict(config["job"])
+    except ConfigError as exc:
+        tune.report({"run_id": "", "objective": WORST_OBJECTIVE, "failed": 1, "skipped": 0, "error": str(exc)})
+        return
+    tune.report(execute(job, context))
 
 
-def execute(spec: dict[str, Any], context: dict[str, Any]) -> dict[str, Any]:
-    """Run one spec against MLflow; returns {"run_id", "objective", "failed", "skipped", "error"}."""
+def execute(job: Job, context: dict[str, Any]) -> dict[str, Any]:
+    """Run one job against MLflow; returns {"run_id", "objective", "failed", "skipped", "error"}."""
     tracker = tracker_for(context)
-    if spec["stage"] == COMPOSE:
-        return run_compose(spec, context, tracker)
-    done = tracker.find_finished(context["suite"], spec["stage"], spec["key"])
+    if job.stage == COMPOSE:
+        return run_compose(job, context, tracker)
+    done = tracker.find_finished(context["suite"], job.stage, job.key)
     if done is not None:
         return {"run_id": done.info.run_id, "objective": stored_objective(done.data.metrics),
                 "failed": 0, "skipped": 1, "error": ""}
-    if spec.get("copy_from"):
-        run_id = tracker.copy(spec["copy_from"], spec["name"], base_tags(spec, context))
+    if job.copy_from:
+        run_id = tracker.copy(job.copy_from, job.name, base_tags(job, context))
         objective = stored_objective(tracker.get(run_id).data.metrics)
         return {"run_id": run_id, "objective": objective, "failed": 0, "skipped": 0, "error": ""}
-    return run_training(spec, context, tracker)
+    return run_training(job, context, tracker)
 
 
-def base_tags(spec: dict[str, Any], context: dict[str, Any]) -> dict[str, Any]:
-    tags = {f"{TAG}{k}": v for k, v in spec.get("tags", {}).items()}
-    tags.update({f"{TAG}suite": context["suite"], f"{TAG}stage": spec["stage"], f"{TAG}key": spec["key"],
+def base_tags(job: Job, context: dict[str, Any], key: str | None = None) -> dict[str, Any]:
+    """The noharm.* tags of a job's run (`key`: a compose strategy's own key instead of the job's)."""
+    tags = {f"{TAG}{k}": v for k, v in job.tags.items()}
+    tags.update({f"{TAG}suite": context["suite"], f"{TAG}stage": job.stage, f"{TAG}key": key or job.key,
                  f"{TAG}git_commit": context["git_commit"], f"{TAG}invocation": context["invocation"],
-                 f"{TAG}code_version": context["code_version"], f"{TAG}cell": spec.get("cell", ""),
+                 f"{TAG}code_version": context["code_version"], f"{TAG}cell": job.cell,
                  f"{TAG}node": ray_node()})
     return tags
+
+
+def assigned_gpus() -> list | None:
+    """The GPU ids Ray gave this trial ([] for none); None outside Ray."""
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return None
+    return list(ray.get_gpu_ids())
 
 
 def ray_node() -> str:
@@ -86,11 +140,10 @@ def ray_node() -> str:
     return ray.get_runtime_context().get_node_id()
 
 
-def trial_params(cfg) -> dict[str, Any]:
+def trial_params(cfg: TrialSpec) -> dict[str, Any]:
     """MLflow params of a trial: every resolved hyperparameter, the budget with its source, options, settings."""
-    params, sources = trial_hparams(cfg.method, cfg.dataset, cfg.hparams)
-    params = dict(params)
-    params["trial.budget"] = budget_text(cfg.dataset, budget_of(cfg.dataset, params, sources))
+    params = dict(cfg.hparams)
+    params["trial.budget"] = budget_text(cfg.dataset, cfg.budget)
     params.update({f"dataset.{k}": v for k, v in cfg.dataset_options.items()})
     params.update({"trial.objective": cfg.objective, "trial.precision": cfg.precision,
                    "trial.min_group_size": cfg.min_group_size})
@@ -110,16 +163,15 @@ def stored_objective(metrics: dict[str, float]) -> float:
     return WORST_OBJECTIVE if value is None or not math.isfinite(value) else float(value)
 
 
-def run_training(spec: dict[str, Any], context: dict[str, Any], tracker: Tracker) -> dict[str, Any]:
-    """Train the spec's trial (retrying up to `retries` times) and log it; a final failure ends FAILED."""
-    names = {f.name for f in fields(TrialConfig)}
-    cfg = TrialConfig(**{k: v for k, v in spec["trial"].items() if k in names})
-    run_id = tracker.start(spec["name"], base_tags(spec, context), trial_params(cfg))
+def run_training(job: Job, context: dict[str, Any], tracker: Tracker) -> dict[str, Any]:
+    """Train the job's trial (retrying up to `retries` times) and log it; a final failure ends FAILED."""
+    cfg = job.trial
+    run_id = tracker.start(job.name, base_tags(job, context), trial_params(cfg))
     attempts, errors = int(context.get("retries", 0)) + 1, []
     for attempt in range(1, attempts + 1):
         history: list[tuple[int, dict[str, float]]] = []
         try:
-            result = run_trial(cfg, device=context.get("device", "auto"),
+            result = run_trial(cfg, device=trial_device(context.get("device", "auto"), assigned_gpus()),
                                on_epoch=lambda epoch, values: history.append((epoch, dict(values))))
             break
         except Exception as exc:  # any failure of the method is recorded, the sweep goes on
@@ -139,7 +191,7 @@ def run_training(spec: dict[str, Any], context: dict[str, Any], tracker: Tracker
         tracker.log_history(run_id, [(e, {f"epoch/{k.replace('/', '_')}": v for k, v in vals.items()})
                                      for e, vals in history])
         with tempfile.TemporaryDirectory(prefix="noharm-trial-") as tmp:
-            folder = save_trial(result, Path(tmp) / "trial", model=keeps_model(context, spec["stage"]))
+            folder = save_trial(result, Path(tmp) / "trial", model=keeps_model(context, job.stage))
             tracker.log_dir(run_id, folder)
     except Exception as exc:  # storing failed (disk, server): a FAILED run, never a half-logged FINISHED one
         tracker.fail(run_id, traceback.format_exc(), f"storing the results failed: {one_line(exc)}",
@@ -162,9 +214,9 @@ def one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
-def run_compose(spec: dict[str, Any], context: dict[str, Any], tracker: Tracker) -> dict[str, Any]:
+def run_compose(job: Job, context: dict[str, Any], tracker: Tracker) -> dict[str, Any]:
     """Compose a method's evaluate run with its seed's ERM run: one MLflow run per strategy."""
-    c = spec["compose"]
+    c = job.compose
     todo = {s: k for s, k in c["keys"].items()
             if tracker.find_finished(context["suite"], COMPOSE, k) is None}
     if not todo:
@@ -180,11 +232,11 @@ def run_compose(spec: dict[str, Any], context: dict[str, Any], tracker: Tracker)
         error, tb = one_line(exc), traceback.format_exc()
     failed = 0
     for strategy, key in todo.items():
-        tags = {**tags_from_method, **base_tags({**spec, "key": key}, context),
+        tags = {**tags_from_method, **base_tags(job, context, key=key),
                 f"{TAG}strategy": strategy, f"{TAG}composed_from": f"{c['method_run']},{c['erm_run']}"}
         params = {**method_run.data.params, "selection.metric": c["metric"], "selection.candidate": c["candidate"],
                   "selection.strategy": strategy}
-        run_id = tracker.start(f"{spec['name']} {strategy}", tags, params)
+        run_id = tracker.start(f"{job.name} {strategy}", tags, params)
         if error:
             tracker.fail(run_id, tb, error)
             failed += 1
