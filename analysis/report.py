@@ -5,8 +5,9 @@ Layout of the output folder:
     README.md              index: experiment, runs per stage and status, notes, links to everything
     tidy.parquet           one row per number (analysis.collect.TIDY_COLUMNS)
     stress.parquet         the stress runs' rows (only when there are stress runs)
-    tables/<name>.{md,tex,csv}   comparison, ablation, selection, stress, cost
-    plots/*.{png,svg}      groups-<task> (differences to ERM), pareto-<task>, stress-<scenario>
+    tables/<name>.{md,tex,csv}   comparison, ablation, selection, stress, shift (natural shift), cost
+    plots/*.{png,svg}      groups-<task> (differences to ERM), pareto-<task>, stress-<scenario>,
+                           shift-<task>-<domain> (in- against out-of-domain difference to ERM)
     leaderboard.{html,md}
 
 The same store gives the same bytes: nothing time- or machine-dependent is written
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from noharm.analysis import leaderboard, plots, tables
+from noharm.analysis import leaderboard, plots, shift, tables
 from noharm.analysis.collect import AnalysisError, Collection, collect, iter_tasks, stage_counts
 from noharm.analysis.tables import Protocol, TableDoc
 
@@ -142,8 +143,10 @@ def write_report(experiment: str, tracking_uri: str | None, out_dir: str | os.Pa
     if not any(m == tables.ERM for m in evaluated["method"].unique()):
         report.notes.append("no ERM runs: no harm marks, and the selection table has no reference")
     summary = tables.summarise(col.tidy, protocol)
+    shift_summary = shift.shift_summary(col.tidy, protocol)  # natural shift: the shift:<name> splits
     docs = [tables.comparison(col, protocol, summary), tables.ablation(col, protocol, summary),
-            tables.selection(col, protocol, summary), tables.stress(col), tables.cost(col)]
+            tables.selection(col, protocol, summary), tables.stress(col),
+            shift.natural_shift(col.tidy, protocol, shift_summary), tables.cost(col)]
     for doc in docs:
         report.notes += doc.notes
         if not doc.empty:
@@ -156,6 +159,8 @@ def write_report(experiment: str, tracking_uri: str | None, out_dir: str | os.Pa
         plot_paths += plots.pareto(summary, task, out / "plots")
     if not col.stress.empty:
         plot_paths += plots.stress_curves(tables.stress_summary(col.stress), out / "plots")
+    for key in shift_summary[[*tables.TASK, "shift"]].drop_duplicates().itertuples(index=False, name=None):
+        plot_paths += shift.shift_plot(shift_summary, key[:3], key[3], out / "plots", protocol)
     report.paths += plot_paths
     report.board = leaderboard.build(summary, protocol)
     report.paths += leaderboard.write(report.board, col, out)

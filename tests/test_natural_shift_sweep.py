@@ -83,3 +83,27 @@ def test_compositions_judge_the_in_domain_choice_on_the_shift_split(two_sweeps):
             cand = "experts" if use else "model"
             assert m[f"{SHIFT}/selected:{strategy}/acc/group:{group}"] == pytest.approx(
                 source.data.metrics[f"{SHIFT}/{cand}/acc/group:{group}"])
+
+
+def test_the_report_has_the_natural_shift_table_of_the_store(two_sweeps, tmp_path):
+    import pandas as pd
+
+    from noharm.analysis.report import write_report
+
+    tracker = two_sweeps[0]
+    report = write_report("sites", tracker.uri, tmp_path / "report")
+    assert (tmp_path / "report" / "tables" / "shift.md").is_file()
+    assert (tmp_path / "report" / "plots" / "shift-tiny-sites-label-side-c.png").is_file()
+    data = pd.read_csv(tmp_path / "report" / "tables" / "shift.csv", comment="#")
+    evaluate = index(tracker, "evaluate")
+    for strategy in ("greedy", "ip-gap"):
+        runs = [(seed, r) for (m, seed, s), r in index(tracker, "compose").items() if s == strategy]
+        for group in ("left", "right"):
+            kept = [seed for seed, r in runs if r.data.metrics[f"selection/use_expert/group:{group}"] == 1.0]
+            lost = [seed for seed in kept if evaluate[("group-models", seed, "")].data.metrics[
+                f"{SHIFT}/experts/acc/group:{group}"] < evaluate[("erm", seed, "")].data.metrics[
+                f"{SHIFT}/model/acc/group:{group}"]]
+            row = data[(data["entry"] == f"group-models + {strategy}") & (data["group"] == group)].iloc[0]
+            assert (row["kept_runs"], row["lost_runs"]) == (len(kept), len(lost)), (strategy, group)
+    assert "Natural shift" in (tmp_path / "report" / "README.md").read_text()
+    assert report.paths
