@@ -153,15 +153,18 @@ class DigitsShift(GroupDataset):
 
     def with_held_out_styles(self, table: pd.DataFrame, x: np.ndarray, images8: np.ndarray,
                              shifted: np.ndarray) -> tuple[pd.DataFrame, np.ndarray]:
-        """The table and images plus, per held-out style, the test digits drawn in it as split `shift:<style>`."""
+        """The table and images plus, per held-out style, the test digits drawn in it as split `shift:<style>`
+        (pixel noise seeded by the style, so a style's images do not depend on which others are listed)."""
+        if not self.held_out_styles:
+            return table, x
         test = np.flatnonzero(table["split"].to_numpy() == "test")
         tables, images = [table], [x]
-        for k, style in enumerate(self.held_out_styles):
+        for style in self.held_out_styles:
             copy = table.iloc[test].assign(split=shift_name(style),
                                            sample_id=table["sample_id"].iloc[test] + f"-{style}")
             tables.append(copy)
             images.append(make_images(images8[test], shifted[test], self.image_size,
-                                      self.shift_seed + 1 + k, stroke=style))
+                                      self.shift_seed + 1 + list(STROKES).index(style), stroke=style))
         named = [("the split file", s) for s in pd.unique(table["split"]) if is_shift(s)]
         check_distinct_names(named + [(f"held-out style {s!r}", shift_name(s)) for s in self.held_out_styles],
                              self.name)

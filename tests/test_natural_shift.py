@@ -160,6 +160,19 @@ def test_acs_state_shift_option_over_two_training_states(acs_root, tmp_path):
     assert set(b.table["split"][~texas]) == {"train", "val", "test"}
 
 
+def test_bank_shifts_by_day_of_week(tmp_path):
+    written = T.write_bank(tmp_path, n=300)
+    b = get_dataset("bank", root=str(tmp_path), shift="day_of_week:fri").load(0)
+    friday = (written.loc[written["why"] == "", "day_of_week"] == "fri").to_numpy()
+    assert friday.sum() > 50 and (b.table["split"][friday] == "shift:fri").all()
+    assert set(b.table["split"][~friday]) == {"train", "val", "test"}
+    with pytest.raises(DatasetError, match="column 'marital' is a sensitive attribute"):
+        get_dataset("bank", root=str(tmp_path), shift="marital:single")
+    # In this fixture every divorced client was called in November: holding November out empties that group.
+    with pytest.raises(DatasetError, match="shift:nov leaves group 'divorced' of marital with no train rows"):
+        get_dataset("bank", root=str(tmp_path), shift="month:nov").load(0)
+
+
 # ---- way 3: the datasets' own domains -------------------------------------------------------------
 def test_acs_test_state_and_test_year_read_other_files_as_shift_splits(acs_root, tmp_path):
     cache = str(tmp_path)
@@ -258,6 +271,20 @@ def test_compose_scores_shift_splits_with_the_in_domain_choice(testkit):
 
 
 # ---- bad input: one line, exit 2, nothing written ------------------------------------------------
+def _no_class_file(tmp_path) -> str:
+    """german's own split, with every validation row of class 0 moved to a shift split."""
+    table = get_dataset("german").load(0).table
+    split = table["split"].to_numpy(object).copy()
+    split[(split == "val") & (table["y"].to_numpy() == 0)] = "shift:bad-val"
+    path = tmp_path / "split.csv"
+    pd.DataFrame({"sample_id": table["sample_id"], "split": split}).to_csv(path, index=False)
+    return str(path)
+
+
+def _split_file(tmp_path, kind: str) -> str:
+    return {"collision": _collision_file, "no-class": _no_class_file}[kind](tmp_path)
+
+
 def _collision_file(tmp_path) -> str:
     ids = get_dataset("german").load(0).table["sample_id"]
     split = np.where(np.arange(len(ids)) % 5 == 0, "val", "train").astype(object)
@@ -275,28 +302,35 @@ BAD = [  # (options, attribute, the one line's words)
     (["shift=foreign_worker:A203"], "sex", "shift value 'A203' is not in column 'foreign_worker'; its values: A201, A202"),
     (["shift=foreign_worker:A201"], "sex+age", "group 'Female x under-25' of sex+age has no val rows once the shift "
                                                "split shift:A201 is held out"),
-    (["shift=purpose:A43", "split_file={split}"], "sex",
+    (["split_file={no-class}"], "sex", "german: the shift split shift:bad-val leaves class 0 with no val rows"),
+    (["shift=purpose:A43", "split_file={collision}"], "sex",
      "german: the split file and shift value 'A43' both give split shift:A43; give each shift a distinct name"),
     (["shift=purpose:A4 3,A4_3"], "sex", "german: shift: value 'A4 3' and value 'A4_3' both give split shift:A4_3"),
 ]
 
 
+def _with_file(option: str, tmp_path) -> str:
+    """`split_file={kind}` with the file of that kind written; other options as they are."""
+    key, _, value = option.partition("=")
+    return f"{key}={_split_file(tmp_path, value[1:-1])}" if key == "split_file" else option
+
+
 @pytest.mark.parametrize("options, attribute, message", BAD)
 def test_noharm_trial_refuses_a_bad_shift_and_writes_nothing(tmp_path, capsys, options, attribute, message):
     out = tmp_path / "run"
-    opts = [o.format(split=_collision_file(tmp_path)) for o in options]
+    opts = [_with_file(o, tmp_path) for o in options]
     code = main(["trial", "--dataset", "german", "--attribute", attribute, "--method", "erm", "--quiet",
                  "--set", "epochs=1", "--out", str(out), *[a for o in opts for a in ("--option", o)]])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and message in err, err
-    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["split.csv"]
+    assert not out.exists() and {p.name for p in tmp_path.iterdir()} <= {"split.csv"}
 
 
 @pytest.mark.parametrize("options, attribute, message", BAD)
 def test_noharm_run_refuses_a_bad_shift_before_creating_anything(tmp_path, capsys, options, attribute, message):
     from tests.plugins import write_suite
 
-    opts = dict(o.format(split=_collision_file(tmp_path)).split("=", 1) for o in options)
+    opts = dict(_with_file(o, tmp_path).split("=", 1) for o in options)
     suite = write_suite(tmp_path / "s.yaml", name="s", seeds=[0, 1], methods=["erm"], hparams={"epochs": 1},
                         datasets=[{"name": "german", "attributes": [attribute], "options": opts}])
     out = tmp_path / "out"
