@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test bench clean
+.PHONY: venv test bench reference clean
 
 venv: $(STAMP)
 
@@ -20,6 +20,15 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/noharm bench
+
+# The published reference results (docs/reference-results/): bench/suites/reference.yaml into results/reference
+# (resumable: rerun to finish), then its report with per-seed summary.csv, settings and the machine that made it.
+REFERENCE_OUT ?= docs/reference-results
+reference: $(STAMP)
+	$(BIN)/noharm run bench/suites/reference.yaml --out results/reference
+	$(BIN)/noharm report --experiment reference --tracking-uri sqlite:///results/reference/mlflow.db \
+		--out $(REFERENCE_OUT) --stamp
+	cp bench/suites/reference.yaml $(REFERENCE_OUT)/suite.yaml
 
 clean:
 	rm -rf $(VENV) results runs

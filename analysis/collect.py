@@ -33,8 +33,8 @@ from urllib.parse import unquote, urlparse
 import pandas as pd
 
 from noharm.analysis.record import (
-    COMPOSE, EVALUATE, STRESS, STRESS_ARTIFACT, STRESS_COLUMNS, TABLE_STAGES, TAG, is_scored, metric_name, parse_metric,
-    primary_candidate,
+    COMPOSE, EVALUATE, OBJECTIVE_METRIC, SEARCH, SEARCH_CELL_TAG, SEARCH_SPACE_TAG, SEARCH_TRIAL_TAG, STRESS,
+    STRESS_ARTIFACT, STRESS_COLUMNS, TABLE_STAGES, TAG, is_scored, metric_name, parse_metric, primary_candidate,
 )
 
 # Hyperparameters of the ERM reference that table captions state (its recipe).
@@ -45,6 +45,10 @@ TIDY_COLUMNS = ("run", "stage", "dataset", "target", "attribute", "method", "str
 RUN_COLUMNS = ("run", "status", "stage", "dataset", "target", "attribute", "method", "strategy", "seed",
                "candidates", "groups", "scenario", "git_commit", "start_time")
 REFERENCE_COLUMNS = ("dataset", "target", "attribute", "seed", "param", "value")
+# FINISHED search and evaluate runs, for the settings table (one row per run; params long-form in PARAM_COLUMNS).
+TRIAL_COLUMNS = ("run", "stage", "dataset", "target", "attribute", "method", "seed", "key", "search_trial",
+                 "objective", "search_space", "search_cell", "start_time")
+PARAM_COLUMNS = ("run", "param", "value")
 
 
 class AnalysisError(ValueError):
@@ -64,6 +68,9 @@ class Collection:
     notes: list[str] = field(default_factory=list)
     # The ERM reference's logged hyperparameters: dataset, target, attribute, seed, param, value.
     reference: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=REFERENCE_COLUMNS))
+    # FINISHED search and evaluate runs (TRIAL_COLUMNS) and their params (PARAM_COLUMNS): the settings table.
+    trials: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=TRIAL_COLUMNS))
+    params: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=PARAM_COLUMNS))
 
 
 def sqlite_path(uri: str) -> Path | None:
@@ -428,8 +435,28 @@ def collect(experiment: str, tracking_uri: str | None = None, stress: bool = Tru
     reference = reference_params(usable, by_id)
     stress_runs = [by_id[r] for r in runs[(runs["status"] == "FINISHED") & (runs["stage"] == STRESS)]["run"]]
     stress_rows = _stress_frame(uri, stress_runs, client) if stress else pd.DataFrame(columns=["run", *STRESS_COLUMNS])
+    trials, params = trial_frames(runs, by_id)
     return Collection(experiment=experiment, experiment_id=experiment_id, tracking_uri=uri, tidy=tidy,
-                      runs=runs, stress=stress_rows, notes=notes, reference=reference)
+                      runs=runs, stress=stress_rows, notes=notes, reference=reference, trials=trials, params=params)
+
+
+def trial_frames(runs: pd.DataFrame, by_id: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(trials, params) of every FINISHED search and evaluate run: what the settings table reads (the search
+    space and search cell tags, the trial number, the validation objective, every logged param)."""
+    chosen = runs[(runs["status"] == "FINISHED") & runs["stage"].isin([SEARCH, EVALUATE])]
+    rows, params = [], []
+    for r in chosen.to_dict("records"):
+        stored = by_id[r["run"]]
+        tags = stored.tags
+        trial = tags.get(f"{TAG}{SEARCH_TRIAL_TAG}")
+        objective = stored.metrics.get(OBJECTIVE_METRIC)
+        rows.append((r["run"], r["stage"], r["dataset"], r["target"], r["attribute"], r["method"], r["seed"],
+                     tags.get(f"{TAG}key", ""), _seed(trial) if trial is not None else None,
+                     math.nan if objective is None else float(objective), tags.get(f"{TAG}{SEARCH_SPACE_TAG}", ""),
+                     tags.get(f"{TAG}{SEARCH_CELL_TAG}", ""), r["start_time"]))
+        params += [(r["run"], k, str(v)) for k, v in sorted(stored.params.items())]
+    trials = pd.DataFrame(rows, columns=list(TRIAL_COLUMNS)).astype({"objective": "float64"})
+    return trials, pd.DataFrame(params, columns=list(PARAM_COLUMNS))
 
 
 def reference_params(usable: pd.DataFrame, by_id: dict) -> pd.DataFrame:

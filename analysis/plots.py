@@ -131,7 +131,8 @@ def group_bars(tidy: pd.DataFrame, task: tuple[str, str, str], groups: list[str]
                 ax.tick_params(axis="y", length=0)
                 ax.set_xlabel(f"test {METRIC_NAMES[metric]} − ERM")
         fig.suptitle(f"{task_title(*task)}: difference to pooled ERM per group\n(mean over seeds with the "
-                     f"{protocol.level:g} paired t-interval; red: harmed with confidence, level {protocol.alpha:g})",
+                     f"{protocol.level:g} paired t-interval; red: below ERM with confidence, level {protocol.alpha:g}, "
+                     f"uncorrected)",
                      fontsize=9)
         fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / fig.get_figheight()))  # room for the two-line title
         return save(fig, out / f"groups-{task_slug(*task)}")
@@ -198,3 +199,33 @@ def stress_curves(stress_summary: pd.DataFrame, out: Path) -> list[Path]:
             fig.tight_layout()
             paths += save(fig, out / f"stress-{task_slug(scenario, '', '')}")
     return paths
+
+
+def cd_diagram(test, stem: Path, title: str) -> list[Path]:
+    """The critical-difference diagram of a `stats.RankTest` (scikit-posthocs' drawing): mean ranks on the axis, the
+    CD above it, and a bar joining entries whose Nemenyi p-value is at least alpha. Nothing without two blocks and
+    two entries (no pairwise test then)."""
+    import scikit_posthocs as sp
+
+    if test is None or test.n_blocks < 2 or test.k < 2:
+        return []
+    plt = _pyplot()
+    with plt.rc_context(RC):
+        fig, ax = plt.subplots(figsize=(8.0, 1.3 + 0.12 * test.k))
+        # Entries go in as integers and get their names back afterwards: the library groups them in sets, whose
+        # order for strings changes with Python's hash seed, and the same numbers must give the same bytes.
+        names = list(test.mean_ranks.index)
+        ranks = pd.Series(test.mean_ranks.to_numpy(), index=range(len(names)))
+        sig = pd.DataFrame(test.nemenyi.loc[names, names].to_numpy(), index=ranks.index, columns=ranks.index)
+        drawn = sp.critical_difference_diagram(ranks, sig, cd=test.cd, alpha=test.alpha, ax=ax, text_h_margin=0.02,
+                                               label_props={"fontsize": 7}, label_fmt_left="{label}",
+                                               label_fmt_right="{label}")
+        order = list(ranks.sort_values().index)
+        for text in drawn["labels"]:
+            i = int(text.get_text())
+            left = order.index(i) < (len(names) + 1) // 2  # the library's split of the labels into two sides
+            text.set_text(f"{names[i]} ({ranks[i]:.2f})" if left else f"({ranks[i]:.2f}) {names[i]}")
+        ax.set_xlim(1, test.k)  # the whole range of possible mean ranks, so the CD reads against it
+        ax.set_title(title, fontsize=8, pad=24, y=TITLE_Y)
+        fig.tight_layout()
+        return save(fig, stem)

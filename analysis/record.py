@@ -36,6 +36,15 @@ AGGREGATES = ("worst", "gap")
 
 SELECTED_PREFIX = "selected:"  # candidate of a composition: `selected:<strategy>`
 
+# The search behind a run's settings (tags of search and evaluate runs, after TAG; read by the report's settings
+# table). SEARCH_SPACE_TAG: JSON {name: domain} of the searched hyperparameters, each domain
+# {"kind": "uniform" | "log-uniform" | "integer" | "log-integer" | "choice", "low", "high"} or
+# {"kind": "choice", "choices": [...]}; SEARCH_CELL_TAG: `dataset/attribute/method` of the cell whose search chose
+# them (another attribute's when a suite searches one attribute per dataset); SEARCH_TRIAL_TAG: a search run's
+# trial number. OBJECTIVE_METRIC: the run's validation objective, higher is better.
+SEARCH_SPACE_TAG, SEARCH_CELL_TAG, SEARCH_TRIAL_TAG = "search_space", "search_cell", "search_trial"
+OBJECTIVE_METRIC = "objective"
+
 # Artifacts of an evaluate / compose run, and of a stress run.
 PREDICTIONS_ARTIFACT = "predictions.parquet"
 CONFIG_ARTIFACT = "config.json"

@@ -5,8 +5,9 @@ run scored (no decision read it: training, early stopping, search and selection 
 
 - `shift_summary`: per (task, shift, entry, group) the entry's accuracy on the shift split, mean over seeds with its
   t-interval, ERM's on the same shift split and seeds, the one-sided paired test of "below ERM" over seeds
-  (`stats.harm_p_value`) and its Holm-adjusted p-value over every harm test of the table, and the same entry's
-  in-domain test accuracy beside it (the in-domain vs out-of-domain gap);
+  (`stats.harm_p_value`) and its p-value adjusted over every harm test of the table (the report's correction,
+  `Protocol.correction`), and the same entry's in-domain test accuracy beside it (the in-domain vs
+  out-of-domain gap);
 - `kept_and_lost`: per (compose run, group) whether the selector kept the expert on validation, and whether that
   expert then fell below ERM on the shift split (and on the in-domain test split);
 - `natural_shift`: the table (a TableDoc for `tables.write_table`), `shift_plot` its figure.
@@ -23,13 +24,11 @@ import pandas as pd
 
 from noharm.analysis import stats
 from noharm.analysis.record import is_shift, shift_domain
-from noharm.analysis.tables import (AGGREGATES, DAGGER, ERM, SELECTOR_ORDER, TASK, Block, Cell, Protocol, TableDoc,
-                                    fmt, group_positions, number_cell, ordered_entries, paired_values, summarise,
-                                    task_slug, task_title)
+from noharm.analysis.tables import (AGGREGATES, DAGGER, DDAGGER, ERM, NO_SELECTION, SELECTOR_ORDER, TASK, Block, Cell,
+                                    Protocol, TableDoc, fmt, group_positions, number_cell, ordered_entries,
+                                    paired_values, summarise, task_slug, task_title)
 
 METRIC = "acc"  # what the selectors compare (their default) and what "harm" means in this table
-CORRECTION = "holm"  # the multiple-testing correction of the table's harm verdicts (statsmodels `multipletests`)
-NO_SELECTION = "no selection (experts)"
 LEVEL = 0.95  # Clopper-Pearson interval of a loss rate
 SUMMARY_KEYS = [*TASK, "shift", "entry", "stage", "method", "strategy", "candidate", "primary", "group"]
 
@@ -39,22 +38,10 @@ def shift_splits(tidy: pd.DataFrame) -> list[str]:
     return sorted(s for s in tidy["split"].unique() if is_shift(s))
 
 
-def adjust(p_values: Sequence[float]) -> np.ndarray:
-    """Holm-adjusted p-values over the finite ones (statsmodels); NaN stays NaN."""
-    from statsmodels.stats.multitest import multipletests
-
-    p = np.asarray(p_values, dtype=np.float64)
-    out = np.full(p.shape, math.nan)
-    finite = ~np.isnan(p)
-    if finite.any():
-        out[finite] = multipletests(p[finite], method=CORRECTION)[1]
-    return out
-
-
 def shift_summary(tidy: pd.DataFrame, protocol: Protocol = Protocol(), metric: str = METRIC) -> pd.DataFrame:
     """Per (task, shift, primary entry, group): n seeds, mean on the shift split with its t-interval, ERM's mean,
-    mean difference, one-sided paired p-value over seeds, Holm-adjusted p-value (over every non-ERM real-group
-    test of this table), `harmed` (raw) and `harmed_adj`; `test_mean` and `test_diff` (in domain, and minus ERM's)
+    mean difference, one-sided paired p-value over seeds, the p-value adjusted by `protocol.correction` over every
+    non-ERM real-group test of this table (all shift splits: one family), `harmed` (raw) and `harmed_adj`; `test_mean` and `test_diff` (in domain, and minus ERM's)
     and `drop` = test − shift."""
     parts = []
     for split in shift_splits(tidy):
@@ -73,7 +60,7 @@ def shift_summary(tidy: pd.DataFrame, protocol: Protocol = Protocol(), metric: s
     out["drop"] = out["test_mean"] - out["mean"]
     tested = ~out["group"].isin(AGGREGATES) & ~((out["method"] == ERM) & (out["stage"] == "evaluate"))
     out["p_adjusted"] = math.nan
-    out.loc[tested, "p_adjusted"] = adjust(out.loc[tested, "p_value"])
+    out.loc[tested, "p_adjusted"] = stats.adjust_p_values(out.loc[tested, "p_value"], protocol.correction)
     out["harmed_adj"] = out["harmed"] & (out["p_adjusted"] < protocol.alpha)
     return out[columns].sort_values(SUMMARY_KEYS, kind="mergesort").reset_index(drop=True)
 
@@ -141,11 +128,10 @@ def _strategy_order(strategy: str) -> tuple:
     return (SELECTOR_ORDER.index(strategy) if strategy in SELECTOR_ORDER else len(SELECTOR_ORDER), strategy)
 
 
-def _harm_cell(mean: float, half_width: float, harmed: bool) -> Cell:
-    """The shift-split value, marked when below ERM with confidence (the raw verdict; the Holm-adjusted ones are
-    counted in the summary block and kept in the CSV)."""
+def _harm_cell(mean: float, half_width: float, harmed: bool, harmed_adj: bool) -> Cell:
+    """The shift-split value with its verdict against ERM: DDAGGER after the correction, DAGGER without it only."""
     cell = number_cell(mean, half_width)
-    cell.harm = bool(harmed)
+    cell.mark = DDAGGER if harmed_adj else DAGGER if harmed else ""
     return cell
 
 
@@ -159,12 +145,12 @@ def natural_shift(tidy: pd.DataFrame, protocol: Protocol = Protocol(), summary: 
     caption = (f"Natural shift: out-of-domain splits (shift:<name>) that no decision read. Training, early stopping, "
                f"search and the no-harm selection used the in-domain validation split only; each composition "
                f"keeps its in-domain choice on every shift split. Accuracy, mean over seeds. Harm out of domain: a "
-               f"group's accuracy on the shift split below pooled ERM's on the same split and seed; {DAGGER} below "
-               f"ERM's with confidence ({protocol.test_name} over seeds, level {protocol.alpha:g}); 'groups harmed' "
-               f"counts (entry, group) pairs so marked (raw) and those still below after the Holm correction over all "
-               f"{int(summary['p_adjusted'].notna().sum())} harm tests of this table (family-wise error rate; "
-               f"p_adjusted in the CSV). 'kept → lost out of domain': (run, group) choices where the selector kept "
-               f"the expert "
+               f"group's accuracy on the shift split below pooled ERM's on the same split and seed. {DDAGGER} marks a "
+               f"group below ERM's with confidence after the {protocol.correction_name} correction over all "
+               f"{int(summary['p_adjusted'].notna().sum())} harm tests of this table, {DAGGER} one below it only "
+               f"without the correction ({protocol.test_name} over seeds, level {protocol.alpha:g}); 'groups "
+               f"harmed' counts such (entry, group) pairs, uncorrected / corrected. 'kept → lost out of domain': "
+               f"(run, group) choices where the selector kept the expert "
                f"and the expert's accuracy on the shift split fell below ERM's on the same seed, with the "
                f"{LEVEL:g} Clopper-Pearson interval of the rate; 'on test': the same on the in-domain test split. "
                f"'in − out': in-domain test accuracy minus shift accuracy. {protocol.protocol_text()}")
@@ -200,7 +186,7 @@ def natural_shift(tidy: pd.DataFrame, protocol: Protocol = Protocol(), summary: 
         if srows:
             blocks.append(Block(f"{title}: selection out of domain", [
                 "strategy", "methods", "experts kept (run, group)", "kept → lost out of domain (rate, CI)",
-                "kept → lost on test", "groups harmed out of domain: raw / Holm (of pairs)", "worst group: test",
+                "kept → lost on test", f"groups harmed out of domain: raw / {protocol.correction} (of pairs)", "worst group: test",
                 "worst group: shift"], srows, label=f"{label}-selection"))
         # Detail: every group out of domain, against ERM, and its drop from the in-domain test split.
         shown = part[(part["method"] == ERM) | part["method"].map(lambda m: (*task, m) in wrapped)]
@@ -213,7 +199,7 @@ def natural_shift(tidy: pd.DataFrame, protocol: Protocol = Protocol(), summary: 
                     row += [Cell("–"), Cell("–")]
                     continue
                 v = idx.loc[(entry, g)]
-                row.append(_harm_cell(v["mean"], v["half_width"], bool(v["harmed"])))
+                row.append(_harm_cell(v["mean"], v["half_width"], bool(v["harmed"]), bool(v["harmed_adj"])))
                 row.append(Cell(fmt(v["drop"])))
             drows.append(row)
         columns = ["entry"] + [f"{g}: {c}" for g in [*groups, "worst"] for c in ("shift acc", "in − out")]

@@ -11,11 +11,14 @@ import functools
 import itertools
 import math
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 from scipy import special as _sc
 from scipy import stats as _st
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 ALTERNATIVES = ("less", "greater", "two-sided")
 HARM_TESTS = ("t", "sign-flip")
@@ -182,3 +185,87 @@ def bootstrap_interval(values: Sequence[float], statistic: Callable[[np.ndarray]
     boots = stat(a[rng.integers(0, n, size=(n_resamples, n))])
     low, high = np.quantile(boots, [(1 - level) / 2, (1 + level) / 2])
     return Interval(point, float(low), float(high), n)
+
+
+# ---- multiple testing --------------------------------------------------------------------------------
+# name -> (statsmodels `multipletests` method, what it controls, as captions say it)
+CORRECTIONS = {"holm": ("holm", "Holm", "family-wise error rate"),
+               "bh": ("fdr_bh", "Benjamini-Hochberg", "false discovery rate")}
+
+
+def check_correction(name: str) -> None:
+    if name not in CORRECTIONS:
+        raise ValueError(f"unknown multiple-testing correction {name!r}; choose one of: {', '.join(CORRECTIONS)}")
+
+
+def adjust_p_values(p_values: Sequence[float], correction: str = "holm") -> np.ndarray:
+    """p-values adjusted for the family of all finite ones (statsmodels `multipletests`); NaN stays NaN.
+
+    A test is rejected at level alpha after correction when its adjusted p-value is below alpha (Holm: the
+    family-wise error rate is at most alpha; Benjamini-Hochberg: the false discovery rate is).
+    """
+    from statsmodels.stats.multitest import multipletests
+
+    check_correction(correction)
+    p = np.asarray(p_values, dtype=np.float64).ravel()
+    out = np.full(p.shape, math.nan)
+    finite = ~np.isnan(p)
+    if finite.any():
+        out[finite] = multipletests(p[finite], method=CORRECTIONS[correction][0])[1]
+    return out
+
+
+# ---- ranks across data sets (Demšar 2006) ---------------------------------------------------------------
+@dataclass(frozen=True)
+class RankTest:
+    """Average ranks of k entries over N blocks, the Friedman test and Nemenyi's post-hoc comparisons.
+
+    `ranks`: blocks x entries (1 = best, ties share the average rank); `mean_ranks` sorted best first;
+    `nemenyi`: the pairwise p-values (scikit-posthocs); `cd`: Nemenyi's critical difference of mean ranks at
+    `alpha` (two entries differ significantly when their mean ranks differ by more). Statistics that need
+    more than one block or three entries are NaN.
+    """
+
+    ranks: pd.DataFrame
+    mean_ranks: pd.Series
+    n_blocks: int
+    k: int
+    statistic: float
+    p_value: float
+    alpha: float
+    q_alpha: float
+    cd: float
+    nemenyi: pd.DataFrame
+
+    @property
+    def significant(self) -> bool:
+        return not math.isnan(self.p_value) and self.p_value < self.alpha
+
+
+def friedman_nemenyi(values: pd.DataFrame, alpha: float = 0.05) -> RankTest:
+    """Rank `values` (blocks x entries, higher is better, no NaN) within each block and test them: Friedman's
+    chi-square (scipy), Nemenyi's pairwise p-values (scikit-posthocs), and the critical difference
+    q_alpha / sqrt(2) * sqrt(k (k + 1) / (6 N)) with q_alpha the studentized range quantile (scipy), as in
+    Demšar (2006)."""
+    import pandas as pd
+    import scikit_posthocs as sp
+
+    _check_level(alpha)
+    if values.isna().any().any():
+        raise ValueError("friedman_nemenyi needs a complete blocks x entries table (no NaN)")
+    n, k = values.shape
+    ranks = values.rank(axis=1, ascending=False, method="average")
+    mean_ranks = ranks.mean(axis=0).sort_values(kind="mergesort")
+    statistic = p = q = cd = math.nan
+    nemenyi = pd.DataFrame(math.nan, index=values.columns, columns=values.columns)
+    if k >= 2:
+        q = float(_st.studentized_range.ppf(1 - alpha, k, np.inf) / math.sqrt(2))
+        cd = q * math.sqrt(k * (k + 1) / (6.0 * n))
+    if k >= 3 and n >= 2:
+        res = _st.friedmanchisquare(*[ranks[c].to_numpy() for c in ranks.columns])
+        statistic, p = float(res.statistic), float(res.pvalue)
+    if k >= 2 and n >= 2:
+        # scikit-posthocs ranks each block ascending: hand it the ranks (1 = best), which rank to themselves.
+        nemenyi = sp.posthoc_nemenyi_friedman(ranks.to_numpy())
+        nemenyi.index = nemenyi.columns = list(values.columns)
+    return RankTest(ranks, mean_ranks, n, k, statistic, p, alpha, q, cd, nemenyi)

@@ -23,7 +23,11 @@ from noharm.analysis.record import DIAG
 
 TASK = ["dataset", "target", "attribute"]
 METRICS = ("acc", "auc")
-METRIC_NAMES = {"acc": "Acc", "auc": "AUC"}
+# Fairness and calibration of the whole split, lower is better (analysis.metrics.fairness_differences, ECE).
+FAIRNESS_METRICS = ("dp_diff", "eopp_diff", "eodds_diff", "ece")
+LOWER_IS_BETTER = frozenset(FAIRNESS_METRICS)
+METRIC_NAMES = {"acc": "Acc", "auc": "AUC", "dp_diff": "DP diff", "eopp_diff": "EOpp diff", "eodds_diff": "EOdds diff",
+                "ece": "ECE"}
 AGGREGATES = ("overall", "worst", "gap")
 SELECTOR_ORDER = ("greedy", "ip-gap", "ip-utility", "safe")
 FAIRSDE_FAMILY = ("fairsde", "fairsde-no-disc", "fairsde-no-virt", "fairsde-no-div", "fairsde-nce",
@@ -31,7 +35,8 @@ FAIRSDE_FAMILY = ("fairsde", "fairsde-no-disc", "fairsde-no-virt", "fairsde-no-d
 ERM = "erm"
 COST_METRICS = {"wall_seconds": "wall (s)", "fit_seconds": "fit (s)",
                 "train_samples_per_second": "train samples/s", "peak_memory_mb": "peak memory (MB)"}
-DAGGER = "†"
+DAGGER = "†"  # below ERM with confidence at level alpha, uncorrected only
+DDAGGER = "‡"  # below ERM with confidence after the multiple-testing correction (hence also uncorrected)
 
 
 @dataclass(frozen=True)
@@ -41,6 +46,7 @@ class Protocol:
     level: float = 0.95
     alpha: float = 0.05
     test: str = "t"
+    correction: str = "holm"
 
     def validate(self) -> None:
         if not 0 < self.level < 1:
@@ -49,6 +55,7 @@ class Protocol:
             raise ValueError(f"harm test level alpha must be in (0, 1), got {self.alpha}")
         if self.test not in stats.HARM_TESTS:
             raise ValueError(f"unknown harm test {self.test!r}; choose one of: {', '.join(stats.HARM_TESTS)}")
+        stats.check_correction(self.correction)
 
     @property
     def test_name(self) -> str:
@@ -59,9 +66,19 @@ class Protocol:
         return ("Splits are deterministic per seed and stratified by group and label. Thresholds, early stopping, "
                 "hyperparameter search and model selection used the validation split only, never test.")
 
-    def harm_text(self) -> str:
-        return (f"Harm: a group's test metric below pooled ERM's on the same seed; {DAGGER} marks a group whose "
-                f"metric is below ERM's with confidence ({self.test_name} over seeds, level {self.alpha:g}).")
+    @property
+    def correction_name(self) -> str:
+        """`Holm (family-wise error rate)`."""
+        _, name, controls = stats.CORRECTIONS[self.correction]
+        return f"{name} ({controls})"
+
+    def harm_text(self, family: int | None = None) -> str:
+        """What the harm marks mean; `family`: how many harm tests the correction ran over."""
+        size = f"all {family} harm tests of this report" if family is not None else "all harm tests of the report"
+        return (f"Harm: a group's test metric below pooled ERM's on the same seed. {DDAGGER} marks a group whose "
+                f"metric is below ERM's with confidence after the {self.correction_name} correction over {size} "
+                f"(every tabulated entry other than ERM x dataset/grouping x group x accuracy and AUC); {DAGGER} one "
+                f"below ERM's only without correction ({self.test_name} over seeds, level {self.alpha:g}).")
 
     def interval_text(self, seeds: str = "seeds") -> str:
         return f"mean ± half-width of the {self.level:g}-level t-interval over {seeds}"
@@ -75,7 +92,7 @@ class Cell:
     text: str
     pm: str = ""
     bold: bool = False
-    harm: bool = False
+    mark: str = ""  # DAGGER or DDAGGER (a verdict against ERM), or ""
 
 
 @dataclass
@@ -118,12 +135,12 @@ def _md_cell(cell: str | Cell) -> str:
     text = cell.text + (f" ± {cell.pm}" if cell.pm else "")
     if cell.bold:
         text = f"**{text}**"
-    return text + (DAGGER if cell.harm else "")
+    return text + cell.mark
 
 
 _LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
                   "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-                  "±": r"$\pm$", DAGGER: r"$^\dagger$", "·": r"$\cdot$", "α": r"$\alpha$", "≥": r"$\geq$",
+                  "±": r"$\pm$", DAGGER: r"$^\dagger$", DDAGGER: r"$^\ddagger$", "·": r"$\cdot$", "α": r"$\alpha$", "≥": r"$\geq$",
                   "≤": r"$\leq$", "×": r"$\times$"}
 
 
@@ -138,7 +155,7 @@ def _tex_cell(cell: str | Cell) -> str:
     text = cell.text + (f" $\\pm$ {cell.pm}" if cell.pm else "")
     if cell.bold:
         text = f"\\textbf{{{text}}}"
-    return text + ("$^\\dagger$" if cell.harm else "")
+    return text + latex_escape(cell.mark)
 
 
 def to_markdown(doc: TableDoc) -> str:
@@ -282,13 +299,28 @@ def paired_values(tidy: pd.DataFrame, metrics: Sequence[str] = METRICS, split: s
     return t.merge(ref, on=[*TASK, "seed", "metric", "group"], how="left")
 
 
-def summarise(tidy: pd.DataFrame, protocol: Protocol = Protocol(), metrics: Sequence[str] = METRICS,
-              split: str = "test") -> pd.DataFrame:
-    """Per (task, entry, metric, group): n seeds, mean, t-interval, ERM mean, mean difference, harm p-value.
+REPORT_METRICS = (*METRICS, *FAIRNESS_METRICS)
+HARM, FAIRNESS = "harm", "fairness"  # the two families of tests against ERM that the correction runs over
 
-    `harmed` is True for a real group (not overall / worst / gap) of a non-ERM
-    entry whose per-seed values are below ERM's with p < alpha (paired by seed).
-    `runs` lists the entry's run ids in seed order.
+
+def _family(metric: str, group: str) -> str:
+    if metric in METRICS and group not in AGGREGATES:
+        return HARM  # a group's accuracy or AUC below ERM's
+    if metric in LOWER_IS_BETTER and group == "overall":
+        return FAIRNESS  # a parity difference or calibration error above ERM's
+    return ""
+
+
+def summarise(tidy: pd.DataFrame, protocol: Protocol = Protocol(), metrics: Sequence[str] = REPORT_METRICS,
+              split: str = "test") -> pd.DataFrame:
+    """Per (task, entry, metric, group): n seeds, mean, t-interval, ERM mean, mean difference, and the one-sided
+    paired test (over seeds) that the entry is worse than ERM: below it for accuracy and AUC, above it for the
+    parity differences and ECE (lower is better).
+
+    Two families of tests, each corrected as a whole with `protocol.correction` (`p_adjusted`): `harm`, a real
+    group's accuracy or AUC (not overall / worst / gap) of a non-ERM entry, with the verdicts `harmed`
+    (p < alpha, uncorrected) and `harmed_adj` (adjusted p < alpha); and `fairness`, an entry's DP / EOpp / EOdds
+    difference or ECE, with `worse` and `worse_adj`. `runs` lists the entry's run ids in seed order.
     """
     protocol.validate()
     pv = paired_values(tidy, metrics, split)
@@ -297,31 +329,77 @@ def summarise(tidy: pd.DataFrame, protocol: Protocol = Protocol(), metrics: Sequ
     pv = pv.sort_values("seed", kind="mergesort")
     seeds, runs = pv["seed"].to_numpy(), pv["run"].to_numpy()
     value, erm_value = pv["value"].to_numpy(), pv["erm"].to_numpy()
+    at_metric, at_group = keys.index("metric"), keys.index("group")
     for key, at in group_positions(pv, keys):
         values, erm = value[at], erm_value[at]
         ci = stats.t_interval(values, protocol.level)
         is_ref = key[keys.index("method")] == ERM and key[keys.index("stage")] == "evaluate"
-        p = math.nan if is_ref or np.isnan(erm).all() else stats.harm_p_value(values, erm, protocol.test)
+        sign = -1.0 if key[at_metric] in LOWER_IS_BETTER else 1.0  # "worse" is below ERM after the sign
+        p = math.nan if is_ref or np.isnan(erm).all() else stats.harm_p_value(sign * values, sign * erm,
+                                                                             protocol.test)
         diff = values - erm
         diff_mean = float(np.nanmean(diff)) if (~np.isnan(diff)).any() else math.nan
-        group = key[keys.index("group")]
         rows.append({**dict(zip(keys, key)), "n": ci.n, "mean": ci.mean, "low": ci.low, "high": ci.high,
                      "half_width": ci.half_width, "erm_mean": float(np.nanmean(erm)) if (~np.isnan(erm)).any()
                      else math.nan, "diff_mean": diff_mean, "p_value": p,
-                     "harmed": bool(group not in AGGREGATES and not math.isnan(p) and p < protocol.alpha
-                                    and diff_mean < 0),
+                     "family": "" if is_ref else _family(key[at_metric], key[at_group]), "sign": sign,
                      "seeds": ",".join(str(s) for s in seeds[at]), "runs": ",".join(runs[at])})
-    return pd.DataFrame(rows)
+    out = pd.DataFrame(rows, columns=[*keys, "n", "mean", "low", "high", "half_width", "erm_mean", "diff_mean",
+                                      "p_value", "family", "sign", "seeds", "runs"])
+    out.insert(out.columns.get_loc("family"), "p_adjusted", math.nan)
+    for family in (HARM, FAIRNESS):
+        mask = (out["family"] == family).to_numpy()
+        out.loc[mask, "p_adjusted"] = stats.adjust_p_values(out.loc[mask, "p_value"], protocol.correction)
+    worse_way = (out["sign"] * out["diff_mean"]) < 0
+    for name, family in (("harmed", HARM), ("worse", FAIRNESS)):
+        member = (out["family"] == family) & worse_way
+        out[name] = member & (out["p_value"] < protocol.alpha)
+        out[f"{name}_adj"] = member & (out["p_adjusted"] < protocol.alpha)
+    return out.drop(columns="sign")
 
 
-def below_erm_counts(tidy: pd.DataFrame, metric: str = "acc") -> pd.DataFrame:
-    """Per (task, entry, seed, run): how many groups have a test `metric` below ERM's on that seed."""
-    pv = paired_values(tidy, (metric,))
+def family_size(summary: pd.DataFrame, family: str = HARM) -> int:
+    """How many tests of `family` the correction ran over (the finite p-values)."""
+    return int(((summary["family"] == family) & summary["p_value"].notna()).sum())
+
+
+def verdict_mark(row) -> str:
+    """DDAGGER when worse than ERM after correction, DAGGER when only without it, else ""."""
+    if row["harmed_adj"] or row["worse_adj"]:
+        return DDAGGER
+    return DAGGER if row["harmed"] or row["worse"] else ""
+
+
+def below_erm_counts(tidy: pd.DataFrame, metric: str = "acc", split: str = "test") -> pd.DataFrame:
+    """Per (task, entry, seed, run): how many groups have `metric` on `split` below ERM's on that seed."""
+    pv = paired_values(tidy, (metric,), split)
     pv = pv[~pv["group"].isin(AGGREGATES)]
     pv = pv.assign(below=(pv["value"] < pv["erm"]).astype(int), known=pv["erm"].notna())
     out = pv.groupby([*TASK, "entry", "stage", "method", "strategy", "candidate", "primary", "seed", "run"],
                      sort=True).agg(below=("below", "sum"), groups=("group", "nunique"), known=("known", "all"))
     return out.reset_index()
+
+
+SEED_COLUMNS = [(m, g) for m in METRICS for g in AGGREGATES] + [(m, "overall") for m in FAIRNESS_METRICS]
+
+
+def per_seed(tidy: pd.DataFrame, split: str = "test") -> pd.DataFrame:
+    """One row per (task, primary entry, seed): the headline metrics on `split` at full precision (`acc`,
+    `acc_worst`, `acc_gap`, `auc`, ..., `dp_diff`, `eopp_diff`, `eodds_diff`, `ece`) and the groups whose accuracy
+    is below ERM's on that seed: what a rerun is compared with, number for number."""
+    keys = [*TASK, "entry", "method", "strategy", "candidate", "seed"]
+    t = tidy[(tidy["split"] == split) & (tidy["entry"] != "") & tidy["primary"]]
+    t = t[pd.Series(list(zip(t["metric"], t["group"])), index=t.index).isin(SEED_COLUMNS)]
+    if t.empty:
+        return pd.DataFrame(columns=keys)
+    wide = t.pivot_table(index=keys, columns=["metric", "group"], values="value", aggfunc="first")
+    wide.columns = [m if g == "overall" else f"{m}_{g}" for m, g in wide.columns]
+    order = [m if g == "overall" else f"{m}_{g}" for m, g in SEED_COLUMNS]
+    wide = wide.reindex(columns=[c for c in order if c in wide.columns]).reset_index()
+    counts = below_erm_counts(tidy, "acc", split)
+    counts = counts[counts["primary"] & counts["known"]][keys + ["below"]].rename(columns={"below": "groups_below_erm"})
+    out = wide.merge(counts, on=keys, how="left")
+    return out.sort_values(keys, kind="mergesort").reset_index(drop=True)
 
 
 # ---- formatting helpers --------------------------------------------------------------------------
@@ -400,14 +478,20 @@ def expert_signatures(tidy: pd.DataFrame) -> pd.DataFrame:
 
 # ---- 1. comparison ------------------------------------------------------------------------------
 def comparison(col: Collection, protocol: Protocol = Protocol(), summary: pd.DataFrame | None = None) -> TableDoc:
-    """Per task: a row per method (its primary candidate) and per selector composition; columns overall,
-    each group, worst group and gap for accuracy and AUC; best in bold; harm marked per group."""
+    """Per task two blocks: a row per method (its primary candidate) and per selector composition; first overall,
+    each group, worst group and gap for accuracy and AUC, harm marked per group; then the parity differences and
+    calibration error, marked where worse than ERM's. Best in bold."""
     summary = summarise(col.tidy, protocol) if summary is None else summary
     groups = group_order(col)
+    n_fair = family_size(summary, FAIRNESS)
     caption = (f"Test accuracy and AUC, {protocol.interval_text(_seeds_text(col.tidy))}; best per column in "
-               f"bold (gap: lowest). {protocol.harm_text()} {protocol.protocol_text()} Rows: each method's primary "
-               f"candidate and each no-harm selector composed with it (method + strategy); (n=k): fewer seeds. "
-               f"{reference_text(col)}")
+               f"bold (gap: lowest). {protocol.harm_text(family_size(summary))} Fairness blocks: demographic-parity "
+               f"(DP), equal-opportunity (EOpp) and equalized-odds (EOdds) differences between groups and the "
+               f"expected calibration error (ECE, 15 bins), lower is better; {DDAGGER} / {DAGGER} mark a value above "
+               f"ERM's with confidence with / without the {protocol.correction_name} correction over all {n_fair} "
+               f"such tests ({protocol.test_name} over seeds, level {protocol.alpha:g}). {protocol.protocol_text()} "
+               f"Rows: each method's primary candidate and each no-harm selector composed with it (method + "
+               f"strategy); (n=k): fewer seeds. {reference_text(col)}")
     blocks, notes = [], []
     s = summary[summary["primary"]]
     for task in iter_tasks(s):
@@ -415,24 +499,13 @@ def comparison(col: Collection, protocol: Protocol = Protocol(), summary: pd.Dat
         gnames = groups.get(task, [])
         entries = ordered_entries(part)
         top, short = _seed_note(part.groupby("entry")["n"].max().to_dict())
+        idx = part.set_index(["entry", "metric", "group"])
         spans, kinds = [("", 1)], []
         for m in METRICS:
             cols = ["overall", *gnames, "worst", "gap"]
             spans.append((METRIC_NAMES[m], len(cols)))
             kinds += [(m, c) for c in cols]
-        idx = part.set_index(["entry", "metric", "group"])
-        rows = []
-        for e in entries:
-            row: list[str | Cell] = [_label(e, short)]
-            for m, g in kinds:
-                if (e, m, g) in idx.index:
-                    r = idx.loc[(e, m, g)]
-                    cell = number_cell(r["mean"], r["half_width"])
-                    cell.harm = bool(r["harmed"])
-                else:
-                    cell = Cell("–")
-                row.append(cell)
-            rows.append(row)
+        rows = _metric_rows(entries, short, idx, kinds)
         gap_cols = [1 + i for i, (_, g) in enumerate(kinds) if g == "gap"]
         bold_best(rows, range(1, 1 + len(kinds)), lower_better=gap_cols)
         if ERM not in entries:
@@ -440,9 +513,34 @@ def comparison(col: Collection, protocol: Protocol = Protocol(), summary: pd.Dat
         md_cols = ["method"] + [f"{METRIC_NAMES[m]}: {g}" for m, g in kinds]
         blocks.append(Block(task_title(*task), md_cols, rows, spans=spans, label=task_slug(*task),
                             short_columns=["method"] + [g for _, g in kinds]))
+        fair = [(m, "overall") for m in FAIRNESS_METRICS if (m, "overall") in set(zip(part["metric"], part["group"]))]
+        if fair:
+            rows = _metric_rows(entries, short, idx, fair)
+            bold_best(rows, range(1, 1 + len(fair)), lower_better=range(1, 1 + len(fair)))
+            blocks.append(Block(f"{task_title(*task)}: fairness and calibration",
+                                ["method", *[METRIC_NAMES[m] for m, _ in fair]], rows,
+                                label=f"{task_slug(*task)}-fairness"))
     # Run ids change whenever a store is rebuilt; the CSV keeps what the numbers are, the tidy table the ids.
     data = summary[summary["primary"]].drop(columns=["primary", "runs"]).reset_index(drop=True)
     return TableDoc("comparison", "Comparison against pooled ERM", caption, blocks, data, notes)
+
+
+def _metric_rows(entries: list[str], short: dict[str, int], idx: pd.DataFrame,
+                 kinds: list[tuple[str, str]]) -> list[list[str | Cell]]:
+    """A row per entry: its label, then mean ± half-width with the verdict mark of each (metric, group)."""
+    rows = []
+    for e in entries:
+        row: list[str | Cell] = [_label(e, short)]
+        for m, g in kinds:
+            if (e, m, g) in idx.index:
+                r = idx.loc[(e, m, g)]
+                cell = number_cell(r["mean"], r["half_width"])
+                cell.mark = verdict_mark(r)
+            else:
+                cell = Cell("–")
+            row.append(cell)
+        rows.append(row)
+    return rows
 
 
 # ---- 2. ablation ---------------------------------------------------------------------------------
@@ -451,10 +549,12 @@ ABLATION_COLUMNS = [("acc", "overall"), ("acc", "worst"), ("acc", "gap"), ("auc"
 
 
 def _harm_counts(summary: pd.DataFrame) -> pd.DataFrame:
-    """Per (task, entry): groups harmed with confidence in accuracy or AUC, and the number of groups."""
-    g = summary[~summary["group"].isin(AGGREGATES)]
-    per_group = g.groupby([*TASK, "entry", "group"])["harmed"].any().reset_index()
-    return per_group.groupby([*TASK, "entry"]).agg(harmed=("harmed", "sum"), groups=("group", "nunique")).reset_index()
+    """Per (task, entry): groups harmed with confidence in accuracy or AUC, without (`harmed`) and with
+    (`harmed_adj`) the multiple-testing correction, and the number of groups."""
+    g = summary[summary["metric"].isin(METRICS) & ~summary["group"].isin(AGGREGATES)]
+    per_group = g.groupby([*TASK, "entry", "group"])[["harmed", "harmed_adj"]].any().reset_index()
+    return per_group.groupby([*TASK, "entry"]).agg(harmed=("harmed", "sum"), harmed_adj=("harmed_adj", "sum"),
+                                                   groups=("group", "nunique")).reset_index()
 
 
 def ablation(col: Collection, protocol: Protocol = Protocol(), summary: pd.DataFrame | None = None,
@@ -467,8 +567,9 @@ def ablation(col: Collection, protocol: Protocol = Protocol(), summary: pd.DataF
                f"variant beyond the authors' code); 'experts' is the per-group experts without selection, "
                f"other rows its other candidates and each no-harm selector. Test metrics, "
                f"{protocol.interval_text(_seeds_text(col.tidy))}; best per column in bold (gap: lowest). 'harmed' "
-               f"counts groups whose "
-               f"accuracy or AUC is below ERM's with confidence ({protocol.test_name}, level {protocol.alpha:g}). "
+               f"counts groups whose accuracy or AUC is below ERM's with confidence ({protocol.test_name}, level "
+               f"{protocol.alpha:g}), 'harmed {protocol.correction}' those still below after the "
+               f"{protocol.correction_name} correction over all {family_size(summary)} harm tests of the report. "
                f"'val bal. acc' is the experts' worst-group validation balanced accuracy (0.5: an expert that "
                f"predicts one class) and 'flagged' the runs in which some group's expert predicted a single class or "
                f"its features collapsed (analysis/diagnostics.py). {protocol.protocol_text()} {reference_text(col)}")
@@ -499,21 +600,24 @@ def ablation(col: Collection, protocol: Protocol = Protocol(), summary: pd.DataF
                 row.append(number_cell(idx.loc[(e, m, g)]["mean"], idx.loc[(e, m, g)]["half_width"])
                            if (e, m, g) in idx.index else Cell("–"))
             h = harm.loc[(*task, e)] if (*task, e) in harm.index else None
-            row.append(Cell("–" if h is None or r0["method"] == ERM else f"{int(h['harmed'])}/{int(h['groups'])}"))
+            for key in ("harmed", "harmed_adj"):
+                row.append(Cell("–" if h is None or r0["method"] == ERM else f"{int(h[key])}/{int(h['groups'])}"))
             sig = signatures.loc[(*task, e)] if (*task, e) in signatures.index else None
             row.append(Cell("–") if sig is None else Cell(fmt(float(sig["bal_acc_worst"]))))
             row.append(Cell("–") if sig is None else Cell(f"{int(sig['flagged_runs'])}/{int(sig['runs'])}"))
             rows.append(row)
         bold_best(rows, range(2, 2 + len(ABLATION_COLUMNS)),
                   lower_better=[2 + i for i, (_, g) in enumerate(ABLATION_COLUMNS) if g == "gap"])
-        columns = ["variant", "model", *[f"{METRIC_NAMES[m]} {g}" for m, g in ABLATION_COLUMNS], "harmed",
+        harm_cols = ["harmed", f"harmed {protocol.correction}"]
+        columns = ["variant", "model", *[f"{METRIC_NAMES[m]} {g}" for m, g in ABLATION_COLUMNS], *harm_cols,
                    "val bal. acc", "flagged"]
         blocks.append(Block(task_title(*task), columns, rows,
-                            spans=[("", 2), ("Accuracy", 3), ("AUC", 3), ("", 1), ("Experts", 2)],
+                            spans=[("", 2), ("Accuracy", 3), ("AUC", 3), ("", 2), ("Experts", 2)],
                             label=task_slug(*task), text_columns=2,
-                            short_columns=["variant", "model", *[g for _, g in ABLATION_COLUMNS], "harmed",
+                            short_columns=["variant", "model", *[g for _, g in ABLATION_COLUMNS], *harm_cols,
                                            "val bal. acc", "flagged"]))
-    data = part_all[part_all["group"].isin(AGGREGATES)].drop(columns=["runs"]).reset_index(drop=True)
+    data = part_all[part_all["group"].isin(AGGREGATES) & part_all["metric"].isin(METRICS)].drop(columns=["runs"])
+    data = data.reset_index(drop=True)
     return TableDoc("ablation", "Ablation: FairSDE and its variants", caption, blocks, data)
 
 
@@ -556,8 +660,11 @@ def selection(col: Collection, protocol: Protocol = Protocol(), summary: pd.Data
                f"'{NO_SELECTION}' is the same methods' experts for every group. Groups below ERM: per run, how many "
                f"groups have test accuracy below ERM's on the same seed (mean over runs). Harmed with confidence: "
                f"(method, group) pairs whose accuracy is below ERM's by a {protocol.test_name} over seeds at level "
-               f"{protocol.alpha:g}, out of all pairs. Flagged experts: runs of the wrapped methods in which some "
-               f"group's expert predicted a single class or had collapsed features on validation "
+               f"{protocol.alpha:g}, out of all pairs, without and with the {protocol.correction_name} correction "
+               f"over all {family_size(summary)} harm tests of the report. '{ORACLE}': per run and group the better "
+               f"of the method's expert and ERM on test (ties: ERM), an upper bound that no decision uses (it reads "
+               f"test), showing how much the validation-based choice leaves behind. Flagged experts: runs of the "
+               f"wrapped methods in which some group's expert predicted a single class or had collapsed features on validation "
                f"(analysis/diagnostics.py); a selector facing such an expert can only keep ERM for that group. "
                f"{protocol.protocol_text()} {reference_text(col)}")
     s = summary[summary["primary"]]
@@ -601,8 +708,10 @@ def selection(col: Collection, protocol: Protocol = Protocol(), summary: pd.Data
                             "acc_gap": float(gap["mean"].mean()) if len(gap) else math.nan,
                             "acc_worst": float(worst["mean"].mean()) if len(worst) else math.nan,
                             "groups_below_erm_per_run": float(c["below"].mean()) if len(c) else math.nan,
-                            "harmed_pairs": int(grp["harmed"].sum()), "pairs": int(len(grp)),
-                            **_flagged(signatures, task, r, row), **_taken(taken, task, row)})
+                            "harmed_pairs": int(grp["harmed"].sum()), "harmed_pairs_adj": int(grp["harmed_adj"].sum()),
+                            "pairs": int(len(grp)), **_flagged(signatures, task, r, row), **_taken(taken, task, row)})
+    records += oracle_rows(col.tidy, protocol)
+    row_order.append(ORACLE)
     data = pd.DataFrame(records)
     titles = [task_title(*t) for t in tasks]
     blocks = []
@@ -610,7 +719,10 @@ def selection(col: Collection, protocol: Protocol = Protocol(), summary: pd.Data
                                       ("acc_worst", "Worst-group test accuracy", 3, False),
                                       ("groups_below_erm_per_run", "Groups below ERM per run (test accuracy)", 2,
                                        True),
-                                      ("harmed_pairs", "Harmed with confidence ((method, group) pairs)", 0, True),
+                                      ("harmed_pairs", "Harmed with confidence, uncorrected ((method, group) "
+                                                       "pairs)", 0, True),
+                                      ("harmed_pairs_adj", f"Harmed with confidence, {protocol.correction_name} "
+                                                           f"corrected ((method, group) pairs)", 0, True),
                                       ("experts_taken", "Experts taken ((run, group) choices where the selector "
                                                         "kept the expert)", 0, False),
                                       ("flagged_runs", "Flagged experts (runs with a group at one class or "
@@ -623,8 +735,8 @@ def selection(col: Collection, protocol: Protocol = Protocol(), summary: pd.Data
                            & (data["attribute"] == t[2])]
                 if hit.empty:
                     line.append(Cell("–"))
-                elif key == "harmed_pairs":
-                    line.append(Cell(f"{int(hit.iloc[0]['harmed_pairs'])}/{int(hit.iloc[0]['pairs'])}"))
+                elif key in ("harmed_pairs", "harmed_pairs_adj"):
+                    line.append(Cell(f"{int(hit.iloc[0][key])}/{int(hit.iloc[0]['pairs'])}"))
                 elif key == "experts_taken":
                     n = int(hit.iloc[0]["choices"])
                     line.append(Cell("–" if n == 0 else f"{int(hit.iloc[0]['experts_taken'])}/{n}"))
@@ -636,9 +748,49 @@ def selection(col: Collection, protocol: Protocol = Protocol(), summary: pd.Data
             if any(isinstance(c, Cell) and c.text != "–" for c in line[1:]):
                 rows.append(line)
         if key in ("acc_gap", "acc_worst"):
-            bold_best(rows, range(1, len(titles) + 1), lower_better=range(1, len(titles) + 1) if lower else ())
+            contenders = [r for r in rows if r[0] != ORACLE]  # the oracle reads test: no competitor
+            bold_best(contenders, range(1, len(titles) + 1), lower_better=range(1, len(titles) + 1) if lower else ())
         blocks.append(Block(title, ["strategy", *titles], rows, label=key.replace("_", "-")))
     return TableDoc("selection", "No-harm selection", caption, blocks, data)
+
+
+ORACLE = "oracle (test, upper bound)"
+
+
+def oracle_rows(tidy: pd.DataFrame, protocol: Protocol = Protocol()) -> list[dict]:
+    """The selection table's oracle row per task: per compose run and group, the better test accuracy of the wrapped
+    method's expert candidate and ERM (both copied into every composition), summarised like the strategies."""
+    t = tidy[(tidy["stage"] == "compose") & (tidy["split"] == "test") & (tidy["metric"] == "acc")
+             & ~tidy["group"].isin(AGGREGATES) & (tidy["entry"] == "")]
+    if t.empty:
+        return []
+    # Every strategy's composition of a (method, seed) carries the same two copies: one of them is enough.
+    t = t.drop_duplicates([*TASK, "method", "seed", "group", "candidate"])
+    t = t.assign(kind=np.where(t["candidate"] == ERM, "erm", "expert"))
+    wide = t.pivot_table(index=[*TASK, "method", "seed", "group"], columns="kind", values="value").reset_index()
+    wide = wide.dropna(subset=["erm", "expert"])
+    wide["oracle"] = np.where(wide["expert"] > wide["erm"], wide["expert"], wide["erm"])
+    runs = wide.groupby([*TASK, "method", "seed"]).agg(gap=("oracle", lambda v: v.max() - v.min()),
+                                                       worst=("oracle", "min"))
+    records = []
+    for task in iter_tasks(wide):
+        w = _task_frame(wide, task)
+        r = _task_frame(runs.reset_index(), task)
+        per_method = r.groupby("method")[["gap", "worst"]].mean()
+        harmed = 0
+        for _, pair in w.groupby(["method", "group"]):
+            p = stats.harm_p_value(pair["oracle"].to_numpy(), pair["erm"].to_numpy(), protocol.test)
+            harmed += int(not math.isnan(p) and p < protocol.alpha and (pair["oracle"] - pair["erm"]).mean() < 0)
+        records.append({**dict(zip(TASK, task)), "strategy": ORACLE, "methods": int(w["method"].nunique()),
+                        "runs": int(len(r)), "acc_gap": float(per_method["gap"].mean()),
+                        "acc_worst": float(per_method["worst"].mean()),
+                        "groups_below_erm_per_run": float((w["oracle"] < w["erm"]).groupby(
+                            [w["method"], w["seed"]]).sum().mean()),
+                        "harmed_pairs": harmed, "harmed_pairs_adj": harmed,
+                        "pairs": int(w[["method", "group"]].drop_duplicates().shape[0]),
+                        "flagged_runs": 0, "signature_runs": 0,
+                        "experts_taken": int((w["expert"] > w["erm"]).sum()), "choices": int(len(w))})
+    return records
 
 
 # ---- 4. stress -----------------------------------------------------------------------------------

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import resource
 import shutil
 import sys
 import tempfile
@@ -152,7 +151,24 @@ def peak_memory_mb(device: torch.device) -> float:
     """Peak resident memory of this process (MB); on CUDA, peak allocated device memory."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return peak_rss_bytes() / 2**20
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set size of this process, on any OS.
+
+    POSIX: getrusage's ru_maxrss (KiB on Linux, bytes on macOS); Windows, which has no `resource`
+    module: the peak working set (psutil). Where neither exists, the current RSS (a lower bound).
+    """
+    try:
+        import resource  # POSIX only: imported here so this module imports everywhere
+    except ImportError:
+        import psutil
+
+        info = psutil.Process().memory_info()
+        return int(getattr(info, "peak_wset", info.rss))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)
 
 
 def score_predictions(preds: pd.DataFrame, group_names: list[str]) -> dict[str, float]:

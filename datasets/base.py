@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -112,6 +113,9 @@ class GroupDataset(ABC):
     # target name -> description; attribute name -> description.
     targets: ClassVar[dict[str, str]] = {}
     attributes: ClassVar[dict[str, str]] = {}
+    # attribute -> what a user must know before trusting it (e.g. a coding shown wrong), with the reference;
+    # `noharm datasets list` prints it under the attributes.
+    caveats: ClassVar[dict[str, str]] = {}
     default_target: ClassVar[str] = ""
     needs_root: ClassVar[bool] = False
     size_note: ClassVar[str] = ""  # e.g. "48,842 rows (45,222 after dropping missing values)"
@@ -134,7 +138,8 @@ class GroupDataset(ABC):
                 f"unknown target {self.target!r} for dataset {self.name!r}; choose one of: {', '.join(self.targets)}"
             )
         if self.needs_root and not root:
-            raise DatasetError(f"dataset {self.name!r} needs --data-root (the folder holding its official files)")
+            raise DatasetError(f"dataset {self.name!r} needs --data-root (the folder holding its official files, "
+                               f"or a folder holding {self.name}/)")
         if options:
             raise DatasetError(
                 f"unknown option(s) {', '.join(sorted(options))} for dataset {self.name!r}"
@@ -159,6 +164,36 @@ class GroupDataset(ABC):
         from noharm.datasets.splits import splits_from_file
 
         return splits_from_file(self.split_file, np.asarray(sample_ids), self.name, self.split_id_column)
+
+    @classmethod
+    def locate_root(cls, root: str | os.PathLike, **options: Any) -> str:
+        """The folder holding this dataset's files, found from a data root a user gave (any command, any suite).
+
+        A data root means one thing everywhere: the dataset's own folder, or a parent holding `<name>/`
+        (`/data` for `/data/compas/`). The first of the two whose files `validate_files` finds wins, so a
+        dataset that checks nothing takes the root as given. Options are checked first (their error wins).
+        When neither folder holds the files, one DatasetError line: what is missing in the likelier folder
+        (`<name>/` when it exists, else the root), then what was wrong with the other one.
+        """
+        given = Path(str(root)).expanduser().absolute()
+        cls(root=str(given), **options)  # a bad option fails as itself, not as a missing file
+        sub = given / cls.name
+        if not given.is_dir():
+            raise DatasetError(f"{cls.name}: data root {given} does not exist or is not a folder (also tried {sub})")
+        problems: dict[Path, str] = {}
+        for folder in (given, sub):
+            if not folder.is_dir():
+                problems[folder] = "not a folder"
+                continue
+            try:
+                cls(root=str(folder), **options).validate_files()
+            except DatasetError as exc:
+                problems[folder] = str(exc)
+                continue
+            return str(folder)
+        first, other = (sub, given) if sub.is_dir() else (given, sub)
+        why = problems[other].removeprefix(f"{cls.name}: ").split("; ")[0]  # what, without the hint
+        raise DatasetError(f"{problems[first]} (also tried {other}: {why})")
 
     @classmethod
     def shift_help(cls) -> str:
@@ -194,6 +229,7 @@ class GroupDataset(ABC):
             "description": self.description,
             "targets": list(self.targets),
             "attributes": list(self.attributes),
+            "caveats": dict(self.caveats),
             "training_budget": dict(self.training_budget),
         }
 

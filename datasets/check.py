@@ -10,13 +10,12 @@ splits get their own rows (a group absent from one is a note, not a problem).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from noharm.datasets import DATASETS
-from noharm.datasets.base import SPLITS, DatasetError
+from noharm.datasets import DATASETS, resolve_root
+from noharm.datasets.base import SPLITS
 from noharm.datasets.grouping import Grouping
 from noharm.datasets.image_dataset import ImageDataset
 
@@ -49,23 +48,27 @@ def check_dataset(
 ) -> DatasetReport:
     """Load `name` (bad images skipped and listed rather than fatal) and tabulate its groups.
 
-    Raises DatasetError for input that makes loading impossible (missing root,
-    missing metadata, unknown attribute, malformed tables).
+    `root` is a data root as everywhere: the dataset's own folder or a parent holding `<name>/`
+    (an embedded dataset ignores it). Raises DatasetError for input that makes loading impossible
+    (missing root, missing metadata, unknown attribute, malformed tables).
     """
     cls = DATASETS.get(name)
     opts = dict(options or {})
-    if root is not None:
-        if not Path(root).expanduser().is_dir():
-            raise DatasetError(f"{name}: data root {root} does not exist or is not a folder")
-        opts["root"] = root
     if issubclass(cls, ImageDataset):
         opts.setdefault("skip_bad_images", True)  # list every bad file instead of stopping at the first
+    notes: list[str] = []
+    root = root if root is not None else opts.pop("root", None)
+    if root is not None:
+        found = resolve_root(name, root, **{k: v for k, v in opts.items() if k != "root"})
+        if found:
+            opts["root"] = found
+        notes.append(f"data root: {found}" if found else f"{name} is embedded: the data root is not read")
     dataset = cls(**opts)
     dataset.validate_files()
     bundle = dataset.load(seed)
     specs = [attribute] if attribute else list(bundle.attributes)
     problems = list(getattr(dataset, "problems", []))
-    notes: list[str] = list(getattr(dataset, "notes", []))  # facts a loader reports (row counts, caches)
+    notes += list(getattr(dataset, "notes", []))  # facts a loader reports (row counts, caches)
     if getattr(dataset, "cache_folder", None) is not None:
         notes.append(f"image cache {'built' if dataset.cache_built else 'reused'}: {dataset.cache_folder}")
     counts: dict[str, pd.DataFrame] = {}

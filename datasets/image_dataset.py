@@ -177,7 +177,7 @@ class ImageDataset(GroupDataset):
                 raise DatasetError(
                     f"{self.name}: {len(bad)} of {total} images cannot be read: {shown}{more}; "
                     f"fix or remove them, or pass --option skip_bad_images=true to drop them "
-                    f"(`noharm datasets check {self.name} --root {self.root_path}` lists them all)"
+                    f"(`noharm datasets check {self.name} --data-root {self.root_path}` lists them all)"
                 )
             n_missing = sum(r == "missing" for _, r in bad)
             if n_missing:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
+import psutil
 import torch
 
 from noharm.datasets.augment import apply_augment
@@ -26,20 +26,10 @@ EVAL_BATCH_MAX = 8192
 
 
 def available_memory(device: torch.device) -> int:
-    """Bytes free for new tensors: CUDA's free device memory, else the host's MemAvailable."""
+    """Bytes free for new tensors: CUDA's free device memory, else the host's available memory."""
     if device.type == "cuda":
         return int(torch.cuda.mem_get_info(device)[0])
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return 4 * 2**30  # unknown platform: assume a modest machine
+    return int(psutil.virtual_memory().available)  # Linux: MemAvailable; also macOS and Windows
 
 
 def eval_batch_size(input_shape: tuple[int, ...], device: torch.device, train_batch: int | None = None,

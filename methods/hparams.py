@@ -40,6 +40,11 @@ class Param:
         """The Ray Tune search domain (OptunaSearch converts it)."""
         raise NotImplementedError
 
+    def search_record(self) -> dict[str, Any]:
+        """The search domain as plain JSON (kind and bounds), recorded with every sweep run so a report can
+        state each chosen setting's range without importing the methods."""
+        raise NotImplementedError
+
 
 @dataclass(frozen=True)
 class Number(Param):
@@ -108,6 +113,9 @@ class Float(Number):
 
         return tune.uniform(self.low, self.high)
 
+    def search_record(self) -> dict[str, Any]:
+        return {"kind": "uniform", "low": self.low, "high": self.high}
+
 
 @dataclass(frozen=True)
 class LogFloat(Float):
@@ -129,6 +137,9 @@ class LogFloat(Float):
         from ray import tune
 
         return tune.loguniform(self.low, self.high)
+
+    def search_record(self) -> dict[str, Any]:
+        return {"kind": "log-uniform", "low": self.low, "high": self.high}
 
 
 @dataclass(frozen=True)
@@ -161,6 +172,9 @@ class Int(Number):
         # Tune's randint excludes the upper bound; ours is inclusive.
         return tune.lograndint(self.low, self.high + 1) if self.log else tune.randint(self.low, self.high + 1)
 
+    def search_record(self) -> dict[str, Any]:
+        return {"kind": "log-integer" if self.log else "integer", "low": self.low, "high": self.high}
+
 
 @dataclass(frozen=True)
 class Choice(Param):
@@ -186,6 +200,9 @@ class Choice(Param):
         from ray import tune
 
         return tune.choice(list(self.choices))
+
+    def search_record(self) -> dict[str, Any]:
+        return {"kind": "choice", "choices": list(self.choices)}
 
 
 @dataclass(frozen=True)

@@ -14,9 +14,17 @@ def install_plugin(tmp: Path, dist: str, module_source: str, entry_points: dict[
 
     `entry_points` maps a group (e.g. "noharm.methods") to {name: "module"}.
     """
+    return install_package(tmp, dist, {f"{dist}/__init__.py": textwrap.dedent(module_source)}, entry_points)
+
+
+def install_package(tmp: Path, dist: str, files: dict[str, str], entry_points: dict[str, dict[str, str]]) -> Path:
+    """Write package `dist` from {relative path: source} (an empty `dist/__init__.py` unless given),
+    pip-install it with these entry points into tmp/site (no network, no build isolation), return that folder."""
     src = tmp / f"{dist}-src"
     (src / dist).mkdir(parents=True)
-    (src / dist / "__init__.py").write_text(textwrap.dedent(module_source))
+    for rel, text in {f"{dist}/__init__.py": "", **files}.items():
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_text(text)
     eps = "\n".join(
         f'[project.entry-points."{group}"]\n' + "\n".join(f'{k} = "{v}"' for k, v in items.items())
         for group, items in entry_points.items()

@@ -23,8 +23,15 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
 
 
 def _hashes(folder: Path) -> dict[str, str]:
-    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    """sha256 of every file; README.md's regenerate command names the folder, so that name is masked first."""
+    out = {}
+    for p in sorted(folder.rglob("*")):
+        if p.is_file():
+            data = p.read_bytes()
+            if p.name == "README.md":
+                data = re.sub(rb"--out \S+`", b"--out <folder>`", data)
+            out[p.relative_to(folder).as_posix()] = hashlib.sha256(data).hexdigest()
+    return out
 
 
 def test_second_report_changes_nothing(analysis_store, analysis_report, tmp_path, capsys):
@@ -40,8 +47,9 @@ def test_second_report_changes_nothing(analysis_store, analysis_report, tmp_path
     assert _hashes(out) == first
     # The fixture's report (written through the Python API into another folder) has the same bytes.
     assert _hashes(analysis_report[1]) == first
-    expected = {"README.md", "tidy.parquet", "stress.parquet", "leaderboard.html", "leaderboard.md",
-                *(f"tables/{t}.{e}" for t in ("comparison", "ablation", "selection", "stress", "cost")
+    expected = {"README.md", "summary.csv", "tidy.parquet", "stress.parquet", "leaderboard.html", "leaderboard.md",
+                "leaderboard.csv", "plots/cd-diagram.png", "plots/cd-diagram.svg",
+                *(f"tables/{t}.{e}" for t in ("comparison", "ablation", "selection", "settings", "stress", "cost")
                   for e in ("md", "tex", "csv")),
                 *(f"plots/{kind}-{slug}.{e}" for kind in ("groups", "pareto")
                   for slug in ("adult-income-sex", "digits-shift-binary-style_ink") for e in ("png", "svg")),
@@ -71,6 +79,10 @@ def test_pareto_front():
 
 
 def test_leaderboard_follows_its_stated_rule(analysis_report, analysis_store):
+    from statsmodels.stats.multitest import multipletests
+
+    from tests.test_analysis_tables import _harm_tests
+
     report, _ = analysis_report
     _, truth = analysis_store
     ranks: dict[str, list[float]] = {}
@@ -86,8 +98,18 @@ def test_leaderboard_follows_its_stated_rule(analysis_report, analysis_store):
     order = list(report.board.ranking["entry"])
     keys = [(board.loc[e, "mean_rank"], board.loc[e, "harmed"], e) for e in order]
     assert keys == sorted(keys)
-    assert board.loc["groupdro", "harmed"] >= 2 and board.loc["fairsde", "harmed"] == 0
-    assert "Ranking rule: for each dataset and grouping" in report.board.rule
+    # Harmed groups: (pair, group) cells with accuracy or AUC below ERM after Holm over every harm test of the report.
+    keys, p, below = _harm_tests(truth)
+    holm = multipletests(p, method="holm")[1]
+    cells: dict[str, set] = {}
+    for (task, entry, metric, group), q, neg in zip(keys, holm, below):
+        if q < 0.05 and neg and "[" not in entry:
+            cells.setdefault(entry, set()).add((task, group))
+    for e in board.index:
+        assert board.loc[e, "harmed"] == len(cells.get(e, ())), e
+    assert board.loc["groupdro", "harmed"] >= 1 and board.loc["fairsde", "harmed"] == 0
+    assert (board["harmed_raw"] >= board["harmed"]).all() and (board["harmed_raw"] > board["harmed"]).any()
+    assert "Ranking rule: entries are every method's own row" in report.board.rule
 
 
 class _Rows(HTMLParser):
@@ -144,7 +166,8 @@ def test_leaderboard_page_renders_in_headless_chromium(analysis_report, analysis
     ranking = report.board.ranking
     assert [r[0] for r in parser.rows] == list(ranking["entry"])
     for (method, cells, links), r in zip(parser.rows, ranking.itertuples(index=False)):
-        assert cells[:5] == [str(r.position), r.entry, f"{r.mean_rank:.2f}", str(r.harmed), str(r.tasks)]
+        assert cells[:3] == [str(r.position), r.entry, f"{r.mean_rank:.2f}"]
+        assert cells[9:12] == [str(r.harmed), str(r.harmed_raw), str(r.tasks)]
         assert len(links) == len(TASKS) * (1 + len(SEEDS))  # per pair: the value and one link per seed
         for href in links:
             assert re.fullmatch(r"http://127\.0\.0\.1:5000/#/experiments/\d+/runs/[0-9a-f]{32}", href), href
@@ -160,6 +183,7 @@ def test_report_without_stress_runs_skips_the_stress_table_with_a_note(analysis_
 
     empty = dataclasses.replace(analysis_collection, stress=analysis_collection.stress.iloc[0:0])
     monkeypatch.setattr(report_mod, "collect", lambda experiment, uri: empty)
+    monkeypatch.chdir(tmp_path)
     rep = report_mod.write_report("fixed", "sqlite:///unused.db", tmp_path / "r")
     assert not (tmp_path / "r" / "tables" / "stress.md").exists()
     assert not list((tmp_path / "r" / "plots").glob("stress-*"))
@@ -171,6 +195,10 @@ def test_report_without_stress_runs_skips_the_stress_table_with_a_note(analysis_
 @pytest.mark.parametrize("args, message", [
     (["--experiment", "nope"], "no MLflow experiment 'nope'"),
     (["--experiment", "fixed", "--alpha", "1.5"], "alpha must be in (0, 1), got 1.5"),
+    (["--experiment", "fixed", "--rank-split", "shift:nowhere"],
+     "--rank-split 'shift:nowhere': no worst-group AUC on that split in experiment 'fixed'; splits there: test, val"),
+    (["--experiment", "fixed", "--rank-entries", "best"],
+     "unknown --rank-entries 'best'; choose one of: all, methods, greedy, ip-gap"),
     (["--experiment", "fixed", "--out", "FILE"], "is a file; give a folder for the report"),
     (["--experiment", "fixed", "--tracking-uri", "sqlite:///MISSING/mlflow.db"], "no MLflow store at"),
 ])

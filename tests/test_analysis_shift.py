@@ -84,7 +84,7 @@ def test_harm_out_of_domain_is_scipys_one_sided_paired_test(tidy):
     assert row["diff_mean"] < -0.07  # ... and below it out of domain
     male = summary[(summary["entry"] == "decoupled + greedy") & (summary["group"] == "Male")].iloc[0]
     assert not male["harmed"] and male["diff_mean"] == pytest.approx(0.0)  # ERM's own predictions
-    # Holm over every non-ERM real-group test of the table (3 entries x 2 groups).
+    # The report's correction (Holm by default) over every non-ERM real-group test of the table (3 entries x 2 groups).
     tested = summary[~summary["group"].isin(["overall", "worst", "gap"]) & (summary["method"] != "erm")]
     assert tested["p_value"].notna().sum() == 6 and tested["p_adjusted"].notna().sum() == 6
     p = np.sort(tested["p_value"].to_numpy())
@@ -118,9 +118,11 @@ def test_the_table_renders_the_summary_and_the_per_group_detail(tidy, tmp_path):
     line = next(l for l in md.splitlines() if l.startswith("| greedy |"))
     assert "| 4/8 | 4/4 (1.00, 0.40–1.00) | 0/4 | 1 / 1 (of 2) |" in line
     detail = next(l for l in md.splitlines() if l.startswith("| decoupled + greedy |"))
-    assert "†" in detail.split("|")[2]  # Female out of domain, below ERM with confidence
+    assert detail.split("|")[2].strip().endswith("‡")  # Female out of domain: below ERM after the correction
+    assert "\\ddagger" in to_latex(doc)
+    bh = S.natural_shift(tidy, Protocol(correction="bh"))
+    assert "Benjamini-Hochberg" in bh.caption and "raw / bh (of pairs)" in to_markdown(bh)
     assert "groupdro" not in md.split("accuracy per group")[-1]  # not wrapped: in the CSV only
-    assert "\\dagger" in to_latex(doc)
     data = pd.read_csv(pd.io.common.StringIO(to_csv(doc)), comment="#")
     assert {"p_value", "p_adjusted", "harmed_adj", "drop", "kept_runs", "lost_runs"} <= set(data.columns)
     assert set(data["entry"]) == {"erm", "decoupled", "groupdro", "decoupled + greedy"}

@@ -100,3 +100,74 @@ def test_fast_t_distribution_calls_give_scipys_bits():
         for q in (0.9, 0.95, 0.975, 0.995):
             assert stats._t_quantile(q, df) == float(st.t.ppf(q, df)), (q, df)
     assert math.isnan(stats._t_cdf(math.nan, 3)) and math.isnan(float(st.t.cdf(math.nan, 3)))
+
+
+# ---- ranks across data sets and multiple testing ---------------------------------------------------------
+# A fixed rank matrix: 6 blocks (data sets) x 5 entries, higher is better, with a tie in block 3.
+RANK_VALUES = [[0.91, 0.88, 0.85, 0.80, 0.79],
+               [0.89, 0.90, 0.84, 0.83, 0.78],
+               [0.93, 0.87, 0.87, 0.82, 0.80],
+               [0.90, 0.86, 0.88, 0.79, 0.81],
+               [0.92, 0.89, 0.83, 0.84, 0.77],
+               [0.88, 0.91, 0.86, 0.81, 0.80]]
+
+
+def test_friedman_and_critical_difference_match_autorank_and_scipy(capsys):
+    import pandas as pd
+    from autorank import autorank
+
+    values = pd.DataFrame(RANK_VALUES, columns=["a", "b", "c", "d", "e"])
+    ours = stats.friedman_nemenyi(values, alpha=0.05)
+    ref = autorank(values, alpha=0.05, order="descending", force_mode="nonparametric")
+    capsys.readouterr()  # autorank prints its tables
+    assert (ref.omnibus, ref.posthoc) == ("friedman", "nemenyi")
+    assert ours.p_value == pytest.approx(ref.pvalue, rel=1e-12)
+    assert ours.cd == pytest.approx(ref.cd, rel=1e-4)  # autorank's studentized range is statsmodels' table
+    assert dict(ours.mean_ranks) == pytest.approx(dict(ref.rankdf["meanrank"]))
+    assert list(ours.mean_ranks.index) == list(ref.rankdf.index)[::-1]  # autorank lists the worst first
+    ranks = values.rank(axis=1, ascending=False)
+    friedman = st.friedmanchisquare(*[ranks[c] for c in ranks.columns])
+    assert (ours.statistic, ours.p_value) == (pytest.approx(friedman.statistic), pytest.approx(friedman.pvalue))
+    assert (ours.n_blocks, ours.k) == (6, 5) and ours.significant
+
+
+def test_critical_difference_follows_demsar_and_the_nemenyi_p_values():
+    import pandas as pd
+
+    # Demšar (2006), Table 5(a): q_0.05 = 2.569 for k = 4; his example, N = 14 data sets, has CD = 1.25.
+    values = pd.DataFrame(np.random.default_rng(1).normal(size=(14, 4)), columns=list("wxyz"))
+    test = stats.friedman_nemenyi(values, alpha=0.05)
+    assert test.q_alpha == pytest.approx(2.569, abs=5e-4) and test.cd == pytest.approx(1.25, abs=5e-3)
+    # Two entries differ by Nemenyi's test (scikit-posthocs) exactly when their mean ranks are more than CD apart.
+    wide = stats.friedman_nemenyi(pd.DataFrame(RANK_VALUES, columns=list("abcde")), alpha=0.05)
+    for i in wide.mean_ranks.index:
+        for j in wide.mean_ranks.index:
+            if i != j:
+                apart = abs(wide.mean_ranks[i] - wide.mean_ranks[j]) > wide.cd
+                assert (wide.nemenyi.loc[i, j] < 0.05) == apart, (i, j)
+    assert (wide.nemenyi.to_numpy() < 0.05).any() and (wide.nemenyi.to_numpy() >= 0.05).any()
+
+
+def test_rank_test_on_one_block_has_no_statistic_and_refuses_gaps():
+    import pandas as pd
+
+    one = stats.friedman_nemenyi(pd.DataFrame([[0.9, 0.8, 0.7]], columns=list("abc")))
+    assert math.isnan(one.p_value) and math.isnan(one.statistic) and list(one.mean_ranks.index) == ["a", "b", "c"]
+    with pytest.raises(ValueError, match="complete blocks x entries table"):
+        stats.friedman_nemenyi(pd.DataFrame([[0.9, float("nan")], [0.8, 0.7]], columns=list("ab")))
+
+
+def test_p_value_adjustment_is_statsmodels_and_keeps_nan():
+    from statsmodels.stats.multitest import multipletests
+
+    p = [0.001, 0.04, float("nan"), 0.03, 0.5]
+    finite = [0.001, 0.04, 0.03, 0.5]
+    holm = stats.adjust_p_values(p, "holm")
+    assert math.isnan(holm[2])
+    np.testing.assert_allclose(holm[[0, 1, 3, 4]], multipletests(finite, method="holm")[1])
+    # By hand, Holm over 4 tests: 0.001 * 4, then max(0.03 * 3, 0.004), max(0.04 * 2, 0.09), 0.5.
+    np.testing.assert_allclose(holm[[0, 3, 1, 4]], [0.004, 0.09, 0.09, 0.5])
+    bh = stats.adjust_p_values(p, "bh")
+    np.testing.assert_allclose(bh[[0, 1, 3, 4]], multipletests(finite, method="fdr_bh")[1])
+    with pytest.raises(ValueError, match="unknown multiple-testing correction 'bonf'; choose one of: holm, bh"):
+        stats.adjust_p_values(p, "bonf")

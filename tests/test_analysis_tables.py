@@ -25,7 +25,7 @@ from tests.test_analysis_store import (COMPOSED, SEEDS, TASKS, analysis_collecti
                                        analysis_store, stress_rows)
 
 GOLDEN = Path(__file__).parent / "golden" / "analysis"
-TABLES = ("comparison", "ablation", "selection", "stress", "cost")
+TABLES = ("comparison", "ablation", "selection", "settings", "stress", "cost")
 RUN_ID = re.compile(r"\b[0-9a-f]{32}\b")
 
 
@@ -71,23 +71,35 @@ def _md_sections(path: Path) -> dict[str, tuple[list[str], list[list[str]]]]:
     return out
 
 
-def _expected_harm(truth, alpha: float = 0.05):
-    """{(task, entry, metric, group): harmed?} from scipy's paired t-test on the written numbers."""
-    out = {}
-    for (task, entry, metric, group), values in truth.values.items():
-        if entry == "erm" or "[" in entry:
+def _harm_tests(truth):
+    """Every harm test of the report (non-ERM entry x task x group x metric, candidates too): keys, scipy's
+    one-sided paired t-test p-values, and whether the entry is below ERM on average."""
+    keys, p, below = [], [], []
+    for (task, entry, metric, group), values in sorted(truth.values.items()):
+        if entry == "erm" or metric not in ("acc", "auc"):
             continue
         erm = truth.values[(task, "erm", metric, group)]
-        p = st.ttest_rel(values, erm, alternative="less").pvalue
-        out[(task, entry, metric, group)] = bool(p < alpha and np.mean(values - erm) < 0)
-    return out
+        keys.append((task, entry, metric, group))
+        # No difference on any seed is no evidence at all (p = 1, analysis.stats.paired_t_test; scipy says NaN).
+        p.append(1.0 if np.all(values == erm) else st.ttest_rel(values, erm, alternative="less").pvalue)
+        below.append(np.mean(values - erm) < 0)
+    return keys, np.array(p), np.array(below)
 
 
-def test_harm_mark_appears_exactly_where_the_paired_test_says(analysis_report, analysis_store):
-    _, out = analysis_report
-    _, truth = analysis_store
-    expected = _expected_harm(truth)
-    sections = _md_sections(out / "tables" / "comparison.md")
+def _expected_harm(truth, alpha: float = 0.05, correction: str | None = None):
+    """{(task, entry, metric, group): harmed?} of the primary entries from scipy's paired t-test on the written
+    numbers, corrected over the whole family with statsmodels when `correction` is given."""
+    from statsmodels.stats.multitest import multipletests
+
+    keys, p, below = _harm_tests(truth)
+    if correction is not None:
+        p = multipletests(p, method=correction)[1]
+    return {k: bool(q < alpha and b) for k, q, b in zip(keys, p, below) if "[" not in k[1]}
+
+
+def _marks(path: Path) -> dict[tuple, str]:
+    """{(task, entry, metric, group): the cell's last character} of the comparison's per-group columns."""
+    sections = _md_sections(path)
     seen = {}
     for task, (dataset, target, attribute, groups) in enumerate(TASKS):
         header, rows = sections[f"{dataset} ({target}) · groups by {attribute}"]
@@ -96,8 +108,20 @@ def test_harm_mark_appears_exactly_where_the_paired_test_says(analysis_report, a
             for col, cell in zip(header[1:], row[1:]):
                 metric, _, group = col.partition(": ")
                 if group in groups and entry != "erm":
-                    seen[(task, entry, metric.lower(), group)] = cell.endswith("†")
-    assert seen == expected
+                    seen[(task, entry, metric.lower(), group)] = cell[-1]
+    return seen
+
+
+def test_harm_mark_appears_exactly_where_the_paired_test_says(analysis_report, analysis_store):
+    _, out = analysis_report
+    _, truth = analysis_store
+    expected = _expected_harm(truth)
+    holm = _expected_harm(truth, correction="holm")
+    marks = _marks(out / "tables" / "comparison.md")
+    assert {k: m in "†‡" for k, m in marks.items()} == expected  # the raw verdict: either mark
+    assert {k: m == "‡" for k, m in marks.items()} == holm  # the corrected one: the double dagger
+    # The fixture makes raw and corrected verdicts differ: some groups are below ERM only without the correction.
+    assert 0 < sum(holm.values()) < sum(expected.values())
     marked = [k for k, v in expected.items() if v]
     # The store is built so that the check can fail both ways: consistent harm is marked, and a group that is
     # below ERM on average but noisily so is not.
@@ -111,22 +135,34 @@ def test_other_levels_and_tests_move_the_marks(analysis_collection, analysis_sto
     from noharm.analysis import tables
 
     _, truth = analysis_store
-    loose = tables.to_markdown(tables.comparison(analysis_collection, tables.Protocol(alpha=0.25)))
-    strict = tables.to_markdown(tables.comparison(analysis_collection, tables.Protocol(alpha=0.05)))
-    assert loose.count("†") == sum(_expected_harm(truth, 0.25).values()) + 1  # +1: the † in the caption
-    assert loose.count("†") > strict.count("†")
+    def harm_marks(protocol):
+        doc = tables.comparison(analysis_collection, protocol)
+        marks = [c.mark for b in doc.blocks if not b.title.endswith("calibration") for r in b.rows for c in r[1:]]
+        return sum(m != "" for m in marks), sum(m == "‡" for m in marks), tables.to_markdown(doc)
+
+    loose, loose_adj, _ = harm_marks(tables.Protocol(alpha=0.25))
+    strict, strict_adj, _ = harm_marks(tables.Protocol(alpha=0.05))
+    bh, bh_adj, text = harm_marks(tables.Protocol(alpha=0.05, correction="bh"))
+    assert loose == sum(_expected_harm(truth, 0.25).values()) > strict
+    assert loose_adj == sum(_expected_harm(truth, 0.25, "holm").values())
+    assert bh == strict and bh_adj == sum(_expected_harm(truth, 0.05, "fdr_bh").values()) >= strict_adj
+    assert "Benjamini-Hochberg (false discovery rate) correction over all" in text
     # An exact sign-flip test over 3 seeds cannot go below p = 1/8: no group can be marked at 0.05.
-    flip = tables.to_markdown(tables.comparison(analysis_collection, tables.Protocol(test="sign-flip")))
-    assert flip.count("†") == 1 and "exact sign-flip permutation test" in flip
+    flip, _, text = harm_marks(tables.Protocol(test="sign-flip"))
+    assert flip == 0 and "exact sign-flip permutation test" in text
 
 
 def test_best_value_of_each_column_is_bold(analysis_report):
     _, out = analysis_report
-    header, rows = _md_sections(out / "tables" / "comparison.md")["adult (income) · groups by sex"]
-    for j, col in enumerate(header[1:], start=1):
-        values = [float(re.match(r"\**([0-9.]+)", r[j]).group(1)) for r in rows]
-        best = min(values) if col.endswith("gap") else max(values)
-        assert [r[j].startswith("**") for r in rows] == [v == best for v in values], col
+    sections = _md_sections(out / "tables" / "comparison.md")
+    for title, lower in (("adult (income) · groups by sex", False),
+                         ("adult (income) · groups by sex: fairness and calibration", True)):
+        header, rows = sections[title]
+        for j, col in enumerate(header[1:], start=1):
+            values = [float(re.match(r"\**([0-9.]+)", r[j]).group(1)) for r in rows]
+            best = min(values) if col.endswith("gap") or lower else max(values)
+            assert [r[j].startswith("**") for r in rows] == [v == best for v in values], (title, col)
+
 
 
 def test_selection_table_counts_groups_below_erm(analysis_report, analysis_store):
@@ -169,7 +205,7 @@ def test_writers_escape_and_align():
     assert tables.latex_escape("a_b & 5% #1 {x} ~ ^ ± †") == \
         r"a\_b \& 5\% \#1 \{x\} \textasciitilde{} \textasciicircum{} $\pm$ $^\dagger$"
     doc = tables.TableDoc("t", "T", "cap_tion", [tables.Block("b|c", ["name", "x"], [["a|b", tables.Cell(
-        "0.5", "0.1", bold=True, harm=True)]], spans=[("", 1), ("X", 1)], short_columns=["name", "x"])],
+        "0.5", "0.1", bold=True, mark="†")]], spans=[("", 1), ("X", 1)], short_columns=["name", "x"])],
         pd.DataFrame({"a": [0.1 + 0.2]}))
     md = tables.to_markdown(doc)
     assert "| a\\|b | **0.5 ± 0.1**† |" in md and "|:---|---:|" in md

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from noharm.datasets import get_dataset
+from noharm.datasets import DATASETS, get_dataset
 from noharm.datasets.image_cache import cache_folder, default_cache_dir, load_or_build
 from noharm.datasets.image_files import decode_image
 from tests import real_layouts as R
@@ -164,5 +164,5 @@ def test_default_cache_dir_follows_the_environment(monkeypatch, tmp_path):
     assert default_cache_dir() == tmp_path / "xdg" / "noharm"
     monkeypatch.delenv("XDG_CACHE_HOME")
     assert default_cache_dir() == Path.home() / ".cache" / "noharm"
-    ds = get_dataset("utkface", root=str(tmp_path))
+    ds = DATASETS.get("utkface")(root=str(tmp_path))  # get_dataset would look for the files
     assert ds.cache_dir == Path.home() / ".cache" / "noharm"

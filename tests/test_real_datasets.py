@@ -53,10 +53,10 @@ def test_all_loaders_are_registered_with_the_protocol_defaults():
     medical = ("ham10000", "fitzpatrick17k", "mimic-cxr", "harvard-gf")
     faces = ("celeba", "utkface", "fairface")
     for name in medical:
-        assert get_dataset(name, root="/nowhere").image_size == 224
+        assert DATASETS.get(name)(root="/nowhere").image_size == 224
         assert DATASETS.get(name).protocol_augment == "crop_flip"
     for name in faces:
-        assert get_dataset(name, root="/nowhere").image_size == 64
+        assert DATASETS.get(name)(root="/nowhere").image_size == 64
         assert DATASETS.get(name).protocol_augment == "resized_crop_flip"
 
 

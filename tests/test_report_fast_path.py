@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import sqlite3
@@ -28,15 +27,12 @@ import pytest
 import noharm.analysis.collect as collect_mod
 from noharm.analysis.collect import (StoredRun, collect, local_artifact_dir, search_all, sqlite_experiment_runs, sqlite_path,
                               stored_run)
+from tests.test_analysis_report import _hashes
 from tests.test_analysis_store import analysis_collection, analysis_report, analysis_store, new_experiment  # noqa: F401
 
 GOLDEN_PLOTS = Path(__file__).parent / "golden" / "analysis" / "plots.sha256"
-FRAMES = ("tidy", "runs", "stress", "reference")
+FRAMES = ("tidy", "runs", "stress", "reference", "trials", "params")
 
-
-def _hashes(folder: Path) -> dict[str, str]:
-    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def _plain(run: StoredRun) -> tuple:
@@ -55,7 +51,7 @@ def test_the_fixed_store_is_read_by_sql_without_importing_mlflow(analysis_store,
     uri = analysis_store[0]
     found = sqlite_experiment_runs(sqlite_path(uri), "fixed")
     assert found is not None and found[0] == analysis_collection.experiment_id
-    assert len(found[1]) == 30 + 36 + 5 + 1 + 1  # evaluate, compose, stress, search, failed
+    assert len(found[1]) == 30 + 36 + 5 + 3 + 1  # evaluate, compose, stress, search, failed
     code = ("import sys; from noharm.analysis.collect import collect; "
             f"col = collect('fixed', {uri!r}); print(len(col.tidy), 'mlflow' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()

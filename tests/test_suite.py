@@ -245,6 +245,10 @@ def test_methods_all_and_overrides(tmp_path):
 
 
 def test_relative_root_is_anchored_at_data_root(tmp_path):
+    from tests import real_layouts as R
+
+    R.write_ham10000(tmp_path / "skin")
+    R.write_celeba(tmp_path / "celeba")
     raw = {**GOOD, "datasets": [{"name": "ham10000", "attributes": ["sex"], "options": {"root": "skin"}},
                                 {"name": "celeba", "attributes": ["Male"]}]}
     suite = parse_suite(raw, data_root=tmp_path)

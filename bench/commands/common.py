@@ -10,6 +10,11 @@ import yaml
 from noharm.bench.errors import ConfigError
 
 
+# What --data-root means in every command (`noharm trial`, `run`, `datasets check`): `resolve_root` in datasets.
+DATA_ROOT_HELP = ("a real dataset's own folder, or a folder holding one subfolder per dataset name "
+                  "(e.g. /data for /data/compas/); embedded datasets ignore it")
+
+
 class UsageError(ConfigError):
     """Bad command-line input: reported as one line, exit code 2."""
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from noharm.bench.commands.common import parse_options
+from noharm.bench.commands.common import DATA_ROOT_HELP, parse_options
 
 
 def add_parser(sub) -> None:
@@ -19,7 +19,8 @@ def add_parser(sub) -> None:
                     "listed, not fatal. Exit 0 when no problem is found, 1 when some are, 2 on bad input.",
     )
     dc.add_argument("name", help="registered dataset name (see `noharm datasets list`)")
-    dc.add_argument("--root", "--data-root", dest="root", help="folder holding the dataset's official files")
+    dc.add_argument("--data-root", dest="root", help=DATA_ROOT_HELP)
+    dc.add_argument("--root", dest="root", help=argparse.SUPPRESS)  # the old name of --data-root, kept working
     dc.add_argument("--attribute", help="one attribute or several joined by '+' (default: each attribute)")
     dc.add_argument("--target", help="dataset target (default: the dataset's own)")
     dc.add_argument("--option", action="append", metavar="KEY=VALUE",
@@ -37,6 +38,8 @@ def run_list(args: argparse.Namespace) -> int:
         print(f"{name}  [{cls.kind}]  {cls.description}")
         print("    targets:    " + "; ".join(f"{k} ({v})" for k, v in cls.targets.items()))
         print("    attributes: " + "; ".join(f"{k} ({v})" for k, v in cls.attributes.items()))
+        for attribute, caveat in getattr(cls, "caveats", {}).items():
+            print(f"    caveat:     {attribute}: {caveat}")
         if cls.size_note:
             print(f"    size:       {cls.size_note}")
         if cls.training_budget:

@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from noharm.bench.commands.common import DATA_ROOT_HELP
+
 EXIT_FAILED_TRIALS = 1
 EXIT_INTERRUPTED = 130
 
@@ -23,7 +25,7 @@ def add_parser(sub) -> None:
     p.add_argument("--tracking-uri", help="MLflow tracking URI, e.g. http://host:5000 (default sqlite in --out)")
     p.add_argument("--experiment", help="MLflow experiment name (default: the suite's name)")
     p.add_argument("--address", help="join a Ray cluster: 'auto' or ray://host:10001 (default: local Ray)")
-    p.add_argument("--data-root", help="folder holding the real datasets, one subfolder per dataset name")
+    p.add_argument("--data-root", help=DATA_ROOT_HELP)
     p.add_argument("--max-concurrent", type=int, help="at most N trials at once (default: the suite's, else "
                                                       "as many as the CPUs allow)")
     p.add_argument("--device", default="auto", help="auto (CUDA when the trial has a GPU), cpu, cuda")

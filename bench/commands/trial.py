@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from noharm.analysis.record import selected
-from noharm.bench.commands.common import check_device, check_out_folder, non_negative_int, parse_options
+from noharm.bench.commands.common import DATA_ROOT_HELP, check_device, check_out_folder, non_negative_int, parse_options
 from noharm.settings import CHANNELS_LAST, PRECISION, SELECTION_METRIC
 
 
@@ -21,7 +21,7 @@ def add_parser(sub) -> None:
     p.add_argument("--set", action="append", metavar="NAME=VALUE", help="override a hyperparameter (repeatable)")
     p.add_argument("--option", action="append", metavar="KEY=VALUE", help="dataset option, e.g. image_size=64 (repeatable)")
     p.add_argument("--target", help="dataset target (default: the dataset's own)")
-    p.add_argument("--data-root", help="folder holding a real dataset's official files")
+    p.add_argument("--data-root", help=DATA_ROOT_HELP)
     p.add_argument("--objective", default="acc", help="validation metric for the best epoch (e.g. acc, val/worst_group_auc)")
     PRECISION.add_argument(p)
     p.add_argument("--selectors", default="greedy,ip-gap,ip-utility",
@@ -42,15 +42,18 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from noharm.bench.console import trial_report
     from noharm.bench.trial import TrialConfig, budget_text, run_trial, save_trial
+    from noharm.datasets import resolve_root
     from noharm.methods.hparams import parse_assignments
 
     options = parse_options(args.option)
     if options.get("split_file"):  # recorded in config.json: absolute, so a later re-score finds it
         options["split_file"] = str(Path(str(options["split_file"])).expanduser().absolute())
-    if args.data_root:
-        options["root"] = args.data_root
     if args.target:
         options["target"] = args.target
+    if args.data_root:  # the folder found is what config.json records (absolute: a later re-score finds it)
+        root = resolve_root(args.dataset, args.data_root, **{k: v for k, v in options.items() if k != "root"})
+        if root is not None:
+            options["root"] = root
     cfg = TrialConfig(
         dataset=args.dataset, attribute=args.attribute, method=args.method, seed=args.seed,
         hparams=parse_assignments(args.set), dataset_options=options, objective=args.objective,

@@ -28,6 +28,7 @@ waits.) The best settings are the highest objective, ties to the lowest number.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from collections import deque
 from dataclasses import asdict, dataclass, field
@@ -37,7 +38,7 @@ import optuna
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from noharm.analysis.record import COMPOSE, EVALUATE, SEARCH, TAG
+from noharm.analysis.record import COMPOSE, EVALUATE, SEARCH, SEARCH_CELL_TAG, SEARCH_SPACE_TAG, TAG
 from noharm.bench.sweep import grid
 from noharm.bench.sweep.grid import ERM, Cell
 from noharm.bench.sweep.keys import compose_key, trial_key
@@ -342,8 +343,18 @@ class SweepSearcher(Searcher):
             "label": f"{cell.id} s{seed}",
             "trial": asdict(cfg), "copy_from": None,
             "tags": {"dataset": cell.dataset, "target": target, "attribute": cell.attribute,
-                     "method": cell.method, "seed": seed},
+                     "method": cell.method, "seed": seed, **search_tags(cell)},
         }
+
+
+def search_tags(cell: Cell) -> dict[str, str]:
+    """What a report needs to state a cell's chosen settings: the searched domains and the cell searched."""
+    source = cell.id if cell.searched else cell.search_from
+    if source is None:
+        return {}
+    declared = get_method(cell.method).hparams
+    space = {name: declared[name].search_record() for name in grid.searchable(cell.method, cell.fixed)}
+    return {SEARCH_SPACE_TAG: json.dumps(space, sort_keys=True), SEARCH_CELL_TAG: source}
 
 
 def declared_defaults(method: str, space: dict[str, Any]) -> dict[str, Any]:

@@ -36,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from noharm.bench.errors import ConfigError
 from noharm.bench.objectives import canonical
-from noharm.datasets import DATASETS, DatasetError, get_dataset
+from noharm.datasets import DATASETS, DatasetError, get_dataset, resolve_root
 from noharm.datasets.shifts import check_requested_shifts
 from noharm.methods import METHODS
 from noharm.methods.hparams import HparamError, resolve
@@ -391,7 +391,8 @@ def _check_registries(suite: Suite, source: str) -> list[str]:
 
 
 def _resolve_roots(suite: Suite, data_root: str | os.PathLike | None) -> Suite:
-    """Absolute dataset roots: relative ones anchored at data_root, missing ones `<data_root>/<name>`."""
+    """Absolute dataset roots: relative ones anchored at data_root, missing ones data_root itself; then, for a
+    dataset with files, the folder holding them (the root or its `<name>/`, `GroupDataset.locate_root`)."""
     entries = []
     for entry in suite.datasets:
         options = dict(entry.options)
@@ -401,7 +402,12 @@ def _resolve_roots(suite: Suite, data_root: str | os.PathLike | None) -> Suite:
         elif root is not None:
             options["root"] = str(Path(str(root)).expanduser())
         elif data_root is not None and DATASETS.get(entry.name).needs_root:
-            options["root"] = str(Path(data_root).expanduser().absolute() / entry.name)
+            options["root"] = str(Path(data_root).expanduser().absolute())
+        if options.get("root") and DATASETS.get(entry.name).needs_root:
+            try:
+                options["root"] = resolve_root(entry.name, **{**entry.resolved_options, **options})
+            except DatasetError:
+                pass  # kept as given: check_files repeats the search and names every path tried
         if options.get("split_file"):  # trials may run in another working directory
             options["split_file"] = str(Path(str(options["split_file"])).expanduser().absolute())
         entries.append(entry.model_copy(update={"options": options}))
