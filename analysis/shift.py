@@ -218,8 +218,9 @@ def natural_shift(tidy: pd.DataFrame, protocol: Protocol = Protocol(), summary: 
 def shift_plot(summary: pd.DataFrame, task: tuple[str, str, str], split: str, out: Path,
                protocol: Protocol = Protocol(), entries: Sequence[str] | None = None) -> list[Path]:
     """One point per (entry, group): its accuracy minus ERM's in domain (test, x) against out of domain (the shift
-    split, y), mean over seeds; red where the group is below ERM out of domain with confidence. A point right of
-    0 and below 0 is a group the entry helped in domain and harmed out of domain. PNG and SVG."""
+    split, y), mean over seeds; red where the group is below ERM out of domain with confidence (uncorrected; the
+    label carries DDAGGER when the corrected verdict holds too). A point right of 0 and below 0 is a group the
+    entry helped in domain and harmed out of domain. PNG and SVG."""
     from noharm.analysis.plots import COLOURS, RC, TITLE_Y, _pyplot, save
 
     s = summary[(summary["dataset"] == task[0]) & (summary["target"] == task[1]) & (summary["attribute"] == task[2])
@@ -238,15 +239,19 @@ def shift_plot(summary: pd.DataFrame, task: tuple[str, str, str], split: str, ou
         ax.axvline(0, color=COLOURS["erm"], linewidth=0.8)
         for group, marker in markers.items():
             g = s[s["group"] == group]
-            colours = [COLOURS["harm"] if h else COLOURS["better"] for h in g["harmed"]]
-            ax.scatter(g["test_diff"], g["diff_mean"], s=18, marker=marker, c=colours, label=str(group), zorder=3)
+            for harmed, colour, z in ((False, COLOURS["better"], 3), (True, COLOURS["harm"], 4)):  # harm on top
+                part = g[g["harmed"] == harmed]
+                ax.scatter(part["test_diff"], part["diff_mean"], s=18, marker=marker, color=colour, zorder=z,
+                           label=str(group) if not harmed else None)
             for r in g[g["harmed"]].itertuples(index=False):
-                ax.annotate(r.entry, (r.test_diff, r.diff_mean), xytext=(4, -8), textcoords="offset points",
-                            fontsize=6)
+                ax.annotate(r.entry + (DDAGGER if r.harmed_adj else ""), (r.test_diff, r.diff_mean), xytext=(4, -8),
+                            textcoords="offset points", fontsize=6)
         ax.set_xlabel("in domain: test accuracy − ERM")
         ax.set_ylabel(f"out of domain: {split} accuracy − ERM")
-        ax.set_title(f"{task_title(*task)} · {split}\n(mean over seeds; red: below ERM out of domain with "
-                     f"confidence, {protocol.test_name}, level {protocol.alpha:g})", y=TITLE_Y)
+        correction = stats.CORRECTIONS[protocol.correction][1]
+        ax.set_title(f"{task_title(*task)} · {split}, mean over seeds\nred: below ERM out of domain with confidence "
+                     f"({protocol.test_name},\nlevel {protocol.alpha:g}, uncorrected; {DDAGGER}: also after the "
+                     f"{correction} correction)", y=TITLE_Y)
         ax.legend(title="group", fontsize=7, title_fontsize=7, frameon=False, loc="best")
         fig.tight_layout()
         return save(fig, out / f"shift-{task_slug(*task)}-{task_slug(shift_domain(split), '', '')}")
