@@ -11,7 +11,7 @@ counted, not read. Stress runs contribute the rows of their `stress.parquet`.
 
 The tidy table has one row per number: run, stage, dataset, target, attribute,
 method, strategy, candidate, entry, primary, seed, split, group, metric, value,
-where split is val / test (trial metrics), cost (`cost/*`, candidate "") or
+where split is val / test / shift:<name> (trial metrics), cost (`cost/*`, candidate "") or
 selection (`selection/*` of compose runs), and group is "overall", a group name,
 "worst" or "gap".
 """
@@ -31,8 +31,8 @@ from urllib.parse import unquote, urlparse
 import pandas as pd
 
 from noharm.analysis.record import (
-    COMPOSE, EVALUATE, OBJECTIVE_METRIC, SEARCH, SEARCH_CELL_TAG, SEARCH_SPACE_TAG, SEARCH_TRIAL_TAG, SPLITS, STRESS,
-    STRESS_ARTIFACT, STRESS_COLUMNS, TABLE_STAGES, TAG, metric_name, parse_metric, primary_candidate,
+    COMPOSE, EVALUATE, OBJECTIVE_METRIC, SEARCH, SEARCH_CELL_TAG, SEARCH_SPACE_TAG, SEARCH_TRIAL_TAG, STRESS,
+    STRESS_ARTIFACT, STRESS_COLUMNS, TABLE_STAGES, TAG, is_scored, metric_name, parse_metric, primary_candidate,
 )
 from noharm.analysis.store_readers import (
     SERVER_SCHEMES, StoredRun, search_all, server_runs, server_unreachable, sql_experiment_runs, sqlite_path, stored_run,
@@ -187,7 +187,7 @@ def _metric_cells(name: str, group_of: dict[str, str], stage: str, method: str, 
     if split == "selection":
         candidate = primary  # the selector's per-group choice belongs to the selected candidate
     # cost and selection numbers describe the run, so they carry the run's own row name
-    label = entry_label(stage, method, strategy, candidate if split in SPLITS else primary, primary)
+    label = entry_label(stage, method, strategy, candidate if is_scored(split) else primary, primary)
     return candidate, label, candidate == primary or split == "cost", split, group, metric
 
 

@@ -8,7 +8,8 @@ format here and both sides follow.
 Metric names: `<split>/<candidate>/<metric>` for the whole split, `.../<metric>/group:<group>` per group,
 `.../<metric>/worst` and `.../<metric>/gap` over groups; `diag/<candidate>/...` for the failure
 signatures of experts; `cost/...` and `selection/...` describe the run. Group names inside metric names
-pass through `metric_name` (MLflow's character set).
+pass through `metric_name` (MLflow's character set). `<split>` is `val`, `test`, or an out-of-domain
+`shift:<name>` split (natural shift: scored like test, read by no decision), e.g. `shift:thin/experts/acc/gap`.
 """
 
 from __future__ import annotations
@@ -24,7 +25,10 @@ SEARCH, EVALUATE, COMPOSE, STRESS = "search", "evaluate", "compose", "stress"
 SWEEP_STAGES = (SEARCH, EVALUATE, COMPOSE)
 TABLE_STAGES = (EVALUATE, COMPOSE)  # the runs tables are built from
 
-SPLITS = ("val", "test")  # the splits a run stores and scores
+SPLITS = ("val", "test")  # the in-domain splits a run stores and scores
+# Out-of-domain splits, `shift:<name>` (names: letters, digits, `_ . -`); every run scores each one the dataset
+# holds. The datasets write the same prefix (noharm.datasets.base.SHIFT_PREFIX; tests/test_record.py ties them).
+SHIFT_PREFIX = "shift:"
 DIAG = "diag"  # metric head of the experts' failure signatures (analysis.diagnostics)
 RUN_HEADS = ("cost", "selection")  # metric heads that describe the run, not a candidate
 GROUP_MARK = "/group:"
@@ -63,6 +67,32 @@ def untag(tags: Mapping[str, str]) -> dict[str, str]:
     return {k.removeprefix(TAG): v for k, v in tags.items() if k.startswith(TAG)}
 
 
+def is_shift(split: str) -> bool:
+    """True for an out-of-domain split, `shift:<name>`."""
+    return isinstance(split, str) and split.startswith(SHIFT_PREFIX) and len(split) > len(SHIFT_PREFIX)
+
+
+def shift_split(name: str) -> str:
+    """The split of the out-of-domain domain `name`: `shift:<name>`."""
+    return f"{SHIFT_PREFIX}{name}"
+
+
+def shift_domain(split: str) -> str:
+    """The domain name of a shift split (`shift:thin` -> `thin`)."""
+    return split.removeprefix(SHIFT_PREFIX)
+
+
+def is_scored(split: str) -> bool:
+    """True for a split whose metrics are `<split>/<candidate>/...`: val, test or a shift split."""
+    return split in SPLITS or is_shift(split)
+
+
+def scored_splits(splits) -> list[str]:
+    """The scored splits among `splits`, in record order: val, test, then the shift splits sorted."""
+    present = set(splits)
+    return [s for s in SPLITS if s in present] + sorted(s for s in present if is_shift(s))
+
+
 def selected(strategy: str) -> str:
     """The candidate name of a composition with `strategy`."""
     return f"{SELECTED_PREFIX}{strategy}"
@@ -93,7 +123,7 @@ def parse_metric(name: str, group_of: Mapping[str, str]) -> tuple[str, str, str,
     split, `worst`/`gap` for the aggregates.
     """
     head, _, rest = name.partition("/")
-    if head in SPLITS or head == DIAG:
+    if is_scored(head) or head == DIAG:
         candidate, _, rest = rest.partition("/")
         if not candidate or not rest:
             return None

@@ -6,8 +6,9 @@ Layout of the output folder:
     tidy.parquet           one row per number (analysis.collect.TIDY_COLUMNS)
     stress.parquet         the stress runs' rows (only when there are stress runs)
     summary.csv            one row per (task, entry, seed): headline metrics at full precision
-    tables/<name>.{md,tex,csv}   comparison, ablation, selection, settings, stress, cost
-    plots/*.{png,svg}      cd-diagram (ranks), groups-<task> (differences to ERM), pareto-<task>, stress-<scenario>
+    tables/<name>.{md,tex,csv}   comparison, ablation, selection, settings, stress, shift (natural shift), cost
+    plots/*.{png,svg}      cd-diagram (ranks), groups-<task> (differences to ERM), pareto-<task>, stress-<scenario>,
+                           shift-<task>-<domain> (in- against out-of-domain difference to ERM)
     leaderboard.{html,md,csv}
 
 The same store gives the same bytes: nothing time- or machine-dependent is written
@@ -25,7 +26,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from noharm.analysis import leaderboard, plots, settings_table, tables
+from noharm.analysis import leaderboard, plots, settings_table, shift, tables
 from noharm.analysis.collect import AnalysisError, Collection, collect, iter_tasks, stage_counts
 from noharm.analysis.tables import Protocol, TableDoc
 
@@ -206,9 +207,10 @@ def write_report(experiment: str, tracking_uri: str | None, out_dir: str | os.Pa
     report = Report(out=out, notes=list(col.notes), collection=col)
     if not any(m == tables.ERM for m in evaluated["method"].unique()):
         report.notes.append("no ERM runs: no harm marks, and the selection table has no reference")
+    shift_summary = shift.shift_summary(col.tidy, protocol)  # natural shift: the shift:<name> splits
     docs = [tables.comparison(col, protocol, summary), tables.ablation(col, protocol, summary),
             tables.selection(col, protocol, summary), settings_table.settings(col), tables.stress(col),
-            tables.cost(col)]
+            shift.natural_shift(col.tidy, protocol, shift_summary), tables.cost(col)]
     for doc in docs:
         report.notes += doc.notes
         if not doc.empty:
@@ -221,6 +223,8 @@ def write_report(experiment: str, tracking_uri: str | None, out_dir: str | os.Pa
         plot_paths += plots.pareto(summary, task, out / "plots")
     if not col.stress.empty:
         plot_paths += plots.stress_curves(tables.stress_summary(col.stress), out / "plots")
+    for key in shift_summary[[*tables.TASK, "shift"]].drop_duplicates().itertuples(index=False, name=None):
+        plot_paths += shift.shift_plot(shift_summary, key[:3], key[3], out / "plots", protocol)
     report.board = leaderboard.build(rank_summary, protocol, rank_split, rank_entries)
     test = report.board.test
     cd = [] if test is None else plots.cd_diagram(

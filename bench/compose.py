@@ -5,8 +5,10 @@ pooled ERM run's, same dataset, attribute and seed): it measures each group's
 validation metric under the method's candidate and under ERM, lets each
 selection strategy choose per group, and adds one candidate per strategy,
 `selected:<strategy>`, whose rows come from the method for the groups that keep
-their expert and from ERM for the others (on every split). ERM's own scores are
-added as candidate `erm`. Nothing is retrained.
+their expert and from ERM for the others (on every split, out-of-domain
+`shift:<name>` splits included: the choice made on in-domain validation is
+judged there, never made again). ERM's own scores are added as candidate `erm`.
+Nothing is retrained.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import pandas as pd
 
 from noharm.analysis import predictions as P
 from noharm.analysis.metrics import accuracy_by_group, group_table
-from noharm.analysis.record import SELECTED_PREFIX, selected
+from noharm.analysis.record import SELECTED_PREFIX, SPLITS, scored_splits, selected
 from noharm.bench.errors import ConfigError
 from noharm.methods.selection import STRATEGIES, SelectionResult, select
 from noharm.settings import SELECTION_METRIC
@@ -40,7 +42,7 @@ def compose(method_preds: pd.DataFrame, erm_preds: pd.DataFrame, strategies: Seq
     Returns (predictions, report): the report maps each strategy to a
     JSON-able dict with the choice per group, the solver status, the
     validation and test metric of the expert, ERM and the selected model per
-    group, and a per-group no-harm flag on validation and on test.
+    group, and a per-group no-harm flag on validation, test and every shift split.
     """
     if isinstance(strategies, str):
         strategies = [strategies]
@@ -59,8 +61,8 @@ def compose(method_preds: pd.DataFrame, erm_preds: pd.DataFrame, strategies: Seq
     y = method_preds["y"].to_numpy()
     gid = method_preds["group_id"].to_numpy()
     split = method_preds["split"].to_numpy()
-    val, test = split == "val", split == "test"
-    measure = {"val": val, "test": test}
+    val = split == "val"
+    measure = {s: split == s for s in scored_splits([*SPLITS, *np.unique(split)])}  # val, test, shift:<name>...
     expert_m = {s: per_group_metric(y[m], raw_method[m], gid[m], names, metric) for s, m in measure.items()}
     erm_m = {s: per_group_metric(y[m], raw_erm[m], gid[m], names, metric) for s, m in measure.items()}
     n_val = np.bincount(gid[val], minlength=len(names))
@@ -184,9 +186,9 @@ def strategy_report(result: SelectionResult, candidate: str, metric: str, names:
         "val_utility": _num(result.utility),
         "n_val": {n: int(k) for n, k in zip(names, n_val)},
         **{split: {"expert": per_group(expert_m[split]), "erm": per_group(erm_m[split]),
-                   "selected": per_group(chosen[split])} for split in ("val", "test")},
+                   "selected": per_group(chosen[split])} for split in chosen},
         "no_harm": {split: {n: no_harm(u, s, e) for n, u, s, e in zip(names, use, chosen[split], erm_m[split])}
-                    for split in ("val", "test")},
+                    for split in chosen},
     }
 
 

@@ -6,7 +6,7 @@ import math
 
 import pandas as pd
 
-from noharm.analysis.record import GROUP_MARK
+from noharm.analysis.record import GROUP_MARK, is_scored, scored_splits
 
 TABLE_METRICS = {"acc": "accuracy", "auc": "AUC"}
 HARM_MARK = " !"  # a group's value below the reference (pooled ERM) on the same split
@@ -42,9 +42,13 @@ def split_frame(metrics: dict[str, float], split: str, metric: str, candidates: 
 
 
 def trial_report(metrics: dict[str, float], candidates: list[str], group_names: list[str],
-                 splits=("val", "test")) -> str:
-    """The per-group tables of every candidate (accuracy and AUC on each split), as text."""
+                 splits=None) -> str:
+    """The per-group tables of every candidate (accuracy and AUC on each split), as text.
+
+    `splits` defaults to every scored split the metrics name: val, test, then the shift splits."""
     reference = "erm" if "erm" in candidates else None
+    if splits is None:
+        splits = scored_splits(head for head in {k.split("/", 1)[0] for k in metrics} if is_scored(head))
     blocks = []
     for split in splits:
         present = [c for c in candidates if f"{split}/{c}/acc" in metrics]

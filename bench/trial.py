@@ -24,7 +24,7 @@ import torch
 from noharm.analysis import predictions as P
 from noharm.analysis.diagnostics import expert_diagnostics, feature_rows, warnings_text
 from noharm.analysis.metrics import evaluate
-from noharm.analysis.record import CONFIG_ARTIFACT, MODEL_ARTIFACT, PREDICTIONS_ARTIFACT
+from noharm.analysis.record import CONFIG_ARTIFACT, MODEL_ARTIFACT, PREDICTIONS_ARTIFACT, SPLITS, scored_splits
 from noharm.bench.compose import compose
 from noharm.bench.errors import ConfigError
 from noharm.bench.objectives import make_objective
@@ -34,13 +34,14 @@ from noharm.bench.spec import (  # noqa: F401  (re-exported: the budget rule's n
 )
 from noharm.bench.task import load_task
 from noharm.datasets import get_dataset
+from noharm.datasets.base import shift_splits
 from noharm.methods import FitContext, TaskData, get_method
 from noharm.methods.batches import eval_batch_size
 
-SCORED_SPLITS = ("val", "test")
-# Splits a trial scores and stores by default (the scored ones); train is added for methods that declare
-# `needs_train_predictions` and for trials that ask for it (`train_predictions`).
-STORED_SPLITS = SCORED_SPLITS
+# Splits a trial scores and stores by default: validation and test (`record.SPLITS`), and every out-of-domain
+# `shift:<name>` split the dataset holds; train is added for methods that declare `needs_train_predictions`
+# and for trials that ask for it (`train_predictions`).
+STORED_SPLITS = SPLITS
 # What a trial's in-trial ERM reference takes from the method's settings: the budget and the architecture.
 BUDGET_HPARAMS = ("epochs", "batch_size", "patience", "backbone", "hidden", "pretrained")
 # The one trial spec (resolved once, by `TrialSpec.resolve`) and the budget rule live in `bench.spec`.
@@ -100,9 +101,9 @@ def peak_rss_bytes() -> int:
 
 
 def score_predictions(preds: pd.DataFrame, group_names: list[str]) -> dict[str, float]:
-    """Flat metrics `{split}/{candidate}/{metric}` for every candidate on val and test."""
+    """Flat metrics `{split}/{candidate}/{metric}` for every candidate on val, test and every shift split."""
     out: dict[str, float] = {}
-    for split in SCORED_SPLITS:
+    for split in scored_splits(preds["split"].unique()):
         rows = preds[preds["split"] == split]
         if rows.empty:
             continue
@@ -115,11 +116,13 @@ def score_predictions(preds: pd.DataFrame, group_names: list[str]) -> dict[str, 
     return out
 
 
-def stored_splits(cfg: TrialSpec, method_cls) -> tuple[str, ...]:
-    """The splits a trial scores and stores: validation and test, plus train when asked for or declared."""
+def stored_splits(cfg: TrialSpec, method_cls, task: TaskData | None = None) -> tuple[str, ...]:
+    """The splits a trial scores and stores: validation, test and the task's shift splits, plus train when
+    asked for or declared."""
+    shifts = tuple(shift_splits(task.split)) if task is not None else ()
     if cfg.train_predictions or getattr(method_cls, "needs_train_predictions", False):
-        return ("train", *STORED_SPLITS)
-    return STORED_SPLITS
+        return ("train", *STORED_SPLITS, *shifts)
+    return (*STORED_SPLITS, *shifts)
 
 
 def score_splits(predictor, task: TaskData, splits: tuple[str, ...],
@@ -181,7 +184,7 @@ def run_trial(
     predictor = method.fit(task, ctx)
     fit_seconds = time.perf_counter() - t_fit
 
-    splits = stored_splits(cfg, method_cls)
+    splits = stored_splits(cfg, method_cls, task)
     rows = np.flatnonzero(np.isin(task.split, splits))
     t_pred = time.perf_counter()
     scores, eval_rate = score_splits(predictor, task, splits, rows)

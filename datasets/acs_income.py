@@ -22,6 +22,13 @@ Attributes: `sex` (SEX 1 Male, 2 Female), `race` (RAC1P 1 White / non-White),
 `race9` (RAC1P's nine codes: White, Black, American Indian, Alaska Native, AIAN
 other, Asian, Pacific Islander, Other, Two or more), `age` (17-24, 25-44,
 45-64, 65-plus).
+
+Natural shift (folktables' "Retiring Adult" shifts across states and years):
+`test_state=TX,NY` also reads those states' files of the training year and
+`test_year=2019` the training states' files of that year; each becomes a shift
+split (`shift:TX`, `shift:2019`) that no decision reads. With several training
+states, `shift=state:TX` holds one of them out the same way (columns `state`,
+postal code, and `year`).
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ import pandas as pd
 from noharm.datasets import register_dataset
 from noharm.datasets.base import DatasetError
 from noharm.datasets.image_dataset import int_option
+from noharm.datasets.shifts import ShiftSpec, check_distinct_names, shift_name
 from noharm.datasets.table_cache import load_or_build_table
 from noharm.datasets.tabular import TabularFileDataset, TabularRows, check_values, keep_rows, numeric_column, require_columns
 
@@ -58,6 +66,9 @@ RACE9 = {1: "White", 2: "Black", 3: "American Indian", 4: "Alaska Native", 5: "A
 AGE_BINS = [16, 24, 44, 64, np.inf]
 AGE_NAMES = ["17-24", "25-44", "45-64", "65-plus"]
 HORIZONS = ("1-Year", "5-Year")
+STATE_OF_CODE = {code: state for state, code in STATE_CODES.items()}
+# Columns a natural shift may move rows by; `test_state` / `test_year` read more files and shift by them.
+SHIFT_COLUMNS = {"state": "postal code of the person's file (CA, TX, ...)", "year": "the file's survey year"}
 CHUNK_ROWS = 100_000
 # Rows of ACSIncome that folktables' paper (Ding et al., 2021) reports per (state, year, horizon).
 DOCUMENTED_ROWS = {("CA", 2018, "1-Year"): 195_665}
@@ -78,17 +89,26 @@ def person_file_name(state: str, year: int) -> str:
     return f"ss{str(year)[-2:]}p{state.lower()}.csv"
 
 
-def parse_states(value: Any) -> list[str]:
+def parse_states(value: Any, option: str = "state") -> list[str]:
     """Postal codes from "CA", "CA,TX" or a list; one DatasetError line for an unknown code."""
     items = value if isinstance(value, (list, tuple)) else str(value).split(",")
     states = [str(s).strip().upper() for s in items if str(s).strip()]
     unknown = [s for s in states if s not in STATE_CODES]
     if not states or unknown:
-        raise DatasetError(f"acs-income: unknown state {unknown[0] if unknown else value!r}; use postal codes "
+        raise DatasetError(f"acs-income: unknown {option} {unknown[0] if unknown else value!r}; use postal codes "
                            f"such as CA or CA,TX (one of: {', '.join(STATE_CODES)})")
     if len(set(states)) != len(states):
-        raise DatasetError(f"acs-income: state lists {value!r} with a repeat")
+        raise DatasetError(f"acs-income: {option} lists {value!r} with a repeat")
     return states
+
+
+def parse_years(value: Any) -> list[int]:
+    """Survey years from "2019", "2017,2019" or a list (test_year); one DatasetError line for a bad one."""
+    items = value if isinstance(value, (list, tuple)) else str(value).split(",")
+    years = [int_option("acs-income", "test_year", str(y).strip(), 2014, 2100) for y in items if str(y).strip()]
+    if not years:
+        raise DatasetError(f"acs-income: test_year {value!r} names no year; e.g. test_year=2019")
+    return years
 
 
 @register_dataset("acs-income")
@@ -111,8 +131,12 @@ class ACSIncome(TabularFileDataset):
     source_hint = ("download the person CSV of the state from www2.census.gov/programs-surveys/acs/data/pums/"
                    "<year>/<horizon>/csv_p<st>.zip and unzip it there")
 
+    shift_columns = SHIFT_COLUMNS
+    attribute_columns = ("SEX", "RAC1P", "AGEP", "PINCP")
+
     def __init__(self, root: str | None = None, target: str | None = None, state: Any = "CA", year: Any = 2018,
-                 horizon: str = "1-Year", cache_dir: str | os.PathLike | None = None, **options: Any):
+                 horizon: str = "1-Year", cache_dir: str | os.PathLike | None = None, test_state: Any = None,
+                 test_year: Any = None, **options: Any):
         super().__init__(root=root, target=target, **options)
         self.states = parse_states(state)
         self.year = int_option(self.name, "year", year, 2014, 2100)
@@ -120,23 +144,51 @@ class ACSIncome(TabularFileDataset):
             raise DatasetError(f"acs-income: unknown horizon {horizon!r}; choose one of: {', '.join(HORIZONS)}")
         self.horizon = horizon
         self.cache_dir = Path(str(cache_dir)).expanduser() if cache_dir else None
+        self.test_states = parse_states(test_state, "test_state") if test_state not in (None, "") else []
+        self.test_years = parse_years(test_year) if test_year not in (None, "") else []
+        if self.test_states or self.test_years:
+            if self.shift_specs:
+                raise DatasetError("acs-income: give either shift= or test_state/test_year, not both")
+            clash = [s for s in self.test_states if s in self.states] + [y for y in self.test_years if y == self.year]
+            if clash:
+                raise DatasetError(f"acs-income: {clash[0]} is both a training and a test "
+                                   f"{'state' if isinstance(clash[0], str) else 'year'}; a shift split holds other "
+                                   "domains than training")
+            check_distinct_names([(f"test value {v!r}", shift_name(v)) for v in [*self.test_states, *self.test_years]],
+                                 self.name)
+            self.shift_specs = [ShiftSpec(column, tuple(str(v) for v in values)) for column, values in
+                                (("state", self.test_states), ("year", self.test_years)) if values]
         # Filled by `load`: where the kept rows are cached and whether this load built them.
         self.table_cache_folder: Path | None = None
         self.table_cache_built: bool | None = None
 
-    def candidates_for(self, state: str) -> list[Path]:
-        """Where one state's file may be: folktables' layout first, then directly under the root."""
-        name = person_file_name(state, self.year)
-        return [self.root_path / str(self.year) / self.horizon / name, self.root_path / name]
+    @classmethod
+    def shift_help(cls) -> str:
+        return ("test_state=TX[,NY...] / test_year=2019[,...] (other states' or years' files), or "
+                + super().shift_help())
 
-    def source_files(self) -> list[Path]:
-        """Each state's person file, or one DatasetError line naming where the first missing one was looked for."""
+    def parts(self) -> list[tuple[list[str], int]]:
+        """The (states, year) file groups to read: the training ones, each test state at the training year,
+        the training states at each test year."""
+        return [(self.states, self.year), *(([s], self.year) for s in self.test_states),
+                *((self.states, y) for y in self.test_years)]
+
+    def candidates_for(self, state: str, year: int | None = None) -> list[Path]:
+        """Where one state's file may be: folktables' layout first, then directly under the root."""
+        year = self.year if year is None else year
+        name = person_file_name(state, year)
+        return [self.root_path / str(year) / self.horizon / name, self.root_path / name]
+
+    def source_files(self, states: list[str] | None = None, year: int | None = None) -> list[Path]:
+        """Each state's person file (default: the training states and year), or one DatasetError line naming
+        where the first missing one was looked for."""
         files = []
-        for state in self.states:
-            found = [p for p in self.candidates_for(state) if p.is_file()]
+        year = self.year if year is None else year
+        for state in self.states if states is None else states:
+            found = [p for p in self.candidates_for(state, year) if p.is_file()]
             if not found:
-                looked = " or ".join(str(p) for p in self.candidates_for(state))
-                raise DatasetError(f"{self.name}: missing {looked} ({state} {self.year} {self.horizon}); "
+                looked = " or ".join(str(p) for p in self.candidates_for(state, year))
+                raise DatasetError(f"{self.name}: missing {looked} ({state} {year} {self.horizon}); "
                                    f"{self.source_hint}")
             files.append(found[0])
         return files
@@ -149,22 +201,18 @@ class ACSIncome(TabularFileDataset):
 
     def validate_files(self) -> None:
         super().validate_files()
-        self.source_files()
+        for states, year in self.parts():
+            self.source_files(states, year)
 
     def read_rows(self) -> TabularRows:
-        files = self.source_files()
-        settings = {"task": "ACSIncome", "filter": "adult_filter/1", "columns": READ,
-                    "states": self.states, "year": self.year, "horizon": self.horizon}
-        cached = load_or_build_table(files, settings, lambda: self._read_files(files), self.name, self.cache_dir)
-        self.table_cache_folder, self.table_cache_built = cached.folder, cached.built
-        rows = cached.rows
-        n_source = len(rows) + sum(v for k, v in cached.dropped.items())
-        notes = [f"{'+'.join(self.states)} {self.year} {self.horizon}: {len(rows)} of {n_source} person rows "
-                 f"kept by folktables' ACSIncome filter",
-                 f"table cache {'built' if cached.built else 'reused'}: {cached.folder}"]
-        documented = DOCUMENTED_ROWS.get((self.states[0], self.year, self.horizon)) if len(self.states) == 1 else None
-        if documented is not None:
-            notes.append(f"folktables' paper reports {documented} rows for this state and year")
+        parts, notes, dropped = [], [], {}
+        for states, year in self.parts():
+            rows, part_notes, part_dropped = self._cached_rows(states, year)
+            parts.append(rows.assign(_year=year))
+            notes += part_notes
+            for reason, n in part_dropped.items():
+                dropped[reason] = dropped.get(reason, 0) + n
+        rows = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
         table = pd.DataFrame({
             "sample_id": rows["SERIALNO"].astype(str) + "-" + rows["SPORDER"].astype(np.int64).astype(str),
             "y": (rows["PINCP"] > INCOME_THRESHOLD).astype(np.int64),
@@ -178,13 +226,34 @@ class ACSIncome(TabularFileDataset):
                                f"appears twice; is the same state given twice?")
         features = rows[FEATURES].fillna(0)  # folktables' postprocess: missing codes become 0
         features[CATEGORICAL] = features[CATEGORICAL].astype(np.int64)
-        return TabularRows(table=table, features=features, dropped=dict(cached.dropped), notes=notes)
+        domains = pd.DataFrame({"state": rows["ST"].astype(np.int64).map(STATE_OF_CODE),
+                                "year": rows["_year"].astype(str)})
+        return TabularRows(table=table, features=features, dropped=dropped, notes=notes, domains=domains)
 
-    def _read_files(self, files: list[Path]) -> tuple[pd.DataFrame, dict[str, int]]:
+    def _cached_rows(self, states: list[str], year: int) -> tuple[pd.DataFrame, list[str], dict[str, int]]:
+        """The kept rows of one (states, year) file group, read once into the table cache; notes; drops."""
+        files = self.source_files(states, year)
+        settings = {"task": "ACSIncome", "filter": "adult_filter/1", "columns": READ,
+                    "states": states, "year": year, "horizon": self.horizon}
+        cached = load_or_build_table(files, settings, lambda: self._read_files(files, states), self.name,
+                                     self.cache_dir)
+        if (states, year) == (self.states, self.year):
+            self.table_cache_folder, self.table_cache_built = cached.folder, cached.built
+        rows = cached.rows
+        n_source = len(rows) + sum(v for k, v in cached.dropped.items())
+        notes = [f"{'+'.join(states)} {year} {self.horizon}: {len(rows)} of {n_source} person rows "
+                 f"kept by folktables' ACSIncome filter",
+                 f"table cache {'built' if cached.built else 'reused'}: {cached.folder}"]
+        documented = DOCUMENTED_ROWS.get((states[0], year, self.horizon)) if len(states) == 1 else None
+        if documented is not None:
+            notes.append(f"folktables' paper reports {documented} rows for this state and year")
+        return rows, notes, dict(cached.dropped)
+
+    def _read_files(self, files: list[Path], states: list[str]) -> tuple[pd.DataFrame, dict[str, int]]:
         """Every file in chunks of the needed columns, checked and filtered (the cache's builder)."""
         dropped: dict[str, int] = {}
         parts = []
-        for state, path in zip(self.states, files):
+        for state, path in zip(states, files):
             with open(path, newline="") as f:
                 header = f.readline().strip().split(",")
             require_columns([h.strip('"') for h in header], READ, self.name, path.name)

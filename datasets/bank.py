@@ -43,6 +43,16 @@ REQUIRED = [*NUMERIC, "duration", *CATEGORICAL, "y"]
 MARITAL = ["married", "single", "divorced", "unknown"]
 NEVER_CONTACTED = 999  # pdays code for "not previously contacted"
 UCI_ROWS = 41188
+# Columns a natural shift may move rows by (`shift=COLUMN:VALUE`), values as the file writes them.
+SHIFT_COLUMNS = {
+    "job": "admin., blue-collar, technician, services, management, retired, ..., unknown",
+    "education": "basic.4y, basic.6y, basic.9y, high.school, professional.course, university.degree, ...",
+    "default": "no, yes, unknown", "housing": "no, yes, unknown", "loan": "no, yes, unknown",
+    "contact": "cellular, telephone",
+    "month": "the month of the last contact: mar ... dec",
+    "day_of_week": "mon ... fri",
+    "poutcome": "failure, nonexistent, success",
+}
 
 
 @register_dataset("bank")
@@ -61,6 +71,8 @@ class Bank(TabularFileDataset):
     numeric = NUMERIC
     categorical = CATEGORICAL
     class_names = ["no", "yes"]
+    shift_columns = SHIFT_COLUMNS
+    attribute_columns = ("age", "marital", "y")
     file_candidates = (FILE, f"bank-additional/{FILE}")
     source_hint = "get bank-additional.zip from archive.ics.uci.edu/dataset/222/bank+marketing and unzip it there"
 
@@ -94,4 +106,5 @@ class Bank(TabularFileDataset):
         })
         features = df[NUMERIC + ["duration"] + CATEGORICAL].copy()
         features["pdays"] = features["pdays"].where(features["pdays"] != NEVER_CONTACTED, -1)
-        return TabularRows(table=table, features=features, dropped=dropped, notes=notes)
+        return TabularRows(table=table, features=features, dropped=dropped, notes=notes,
+                           domains=df[list(SHIFT_COLUMNS)].astype(str))

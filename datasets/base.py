@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +14,25 @@ import numpy as np
 import pandas as pd
 
 SPLITS = ("train", "val", "test")
+# Out-of-domain splits: `shift:<name>`. No decision reads them (training, early stopping, search, selection);
+# every trial scores them like test. Names are letters, digits, `_ . -`, so they pass into metric names as they are.
+SHIFT_PREFIX = "shift:"
+SHIFT_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+def is_shift(split: str) -> bool:
+    """True for an out-of-domain split name, `shift:<name>`."""
+    return isinstance(split, str) and split.startswith(SHIFT_PREFIX)
+
+
+def valid_split(split: str) -> bool:
+    """train, val, test, or `shift:<name>` with a name of letters, digits, `_ . -`."""
+    return split in SPLITS or (is_shift(split) and bool(SHIFT_NAME.match(split[len(SHIFT_PREFIX):])))
+
+
+def shift_splits(splits) -> list[str]:
+    """The distinct shift splits among `splits`, sorted (the order every table and trial uses)."""
+    return sorted({s for s in pd.unique(pd.Series(splits, dtype=object)) if is_shift(s)})
 
 
 class DatasetError(ValueError):
@@ -50,13 +70,19 @@ class DataBundle:
         missing = {"sample_id", "split", "y", *self.attributes} - set(self.table.columns)
         if missing:
             raise DatasetError(f"{self.name}: table lacks columns {sorted(missing)}")
-        bad = set(self.table["split"].unique()) - set(SPLITS)
+        bad = [s for s in self.table["split"].unique() if not valid_split(s)]
         if bad:
-            raise DatasetError(f"{self.name}: unknown split values {sorted(bad)}; expected {SPLITS}")
+            raise DatasetError(f"{self.name}: unknown split values {sorted(map(str, bad))}; expected "
+                               f"{', '.join(SPLITS)} or {SHIFT_PREFIX}<name> (letters, digits, _ . -)")
 
     def split_indices(self, split: str) -> np.ndarray:
         """Row positions of one split."""
         return np.flatnonzero(self.table["split"].to_numpy() == split)
+
+    @property
+    def shift_splits(self) -> list[str]:
+        """The out-of-domain splits this bundle holds (`shift:<name>`), sorted."""
+        return shift_splits(self.table["split"])
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -73,7 +99,11 @@ class GroupDataset(ABC):
     published) and `split_id_column` (the file's id column when it is not `sample_id`): the
     file's split then replaces the dataset's own rule. A subclass's `load` is wrapped so
     that this holds for every dataset, plugins included; a loader that fits something on
-    the training rows (adult's feature scaling) asks `file_split` first.
+    the training rows (the tabular feature scaling) asks `file_split` first.
+
+    Besides train / val / test a table may hold out-of-domain splits `shift:<name>` (from a
+    split file, or from a dataset's own shift options; see `noharm.datasets.shifts`). The
+    wrapped `load` checks that they leave every group and class in train and val.
     """
 
     name: ClassVar[str] = ""  # set by the registry
@@ -95,6 +125,9 @@ class GroupDataset(ABC):
     # or a suite sets; `bench.trial.trial_hparams` is that one rule. Names a method does not declare are
     # skipped for that method.
     training_budget: ClassVar[dict[str, Any]] = {}
+    # True for a loader that applies the split file itself (before fitting on train rows and before its own
+    # shift splits); otherwise the split file replaces the loaded split after `load`.
+    applies_split_file_itself: ClassVar[bool] = False
 
     def __init__(self, root: str | None = None, target: str | None = None, split_file: str | None = None,
                  split_id_column: str | None = None, **options: Any):
@@ -162,6 +195,21 @@ class GroupDataset(ABC):
         why = problems[other].removeprefix(f"{cls.name}: ").split("; ")[0]  # what, without the hint
         raise DatasetError(f"{problems[first]} (also tried {other}: {why})")
 
+    @classmethod
+    def shift_help(cls) -> str:
+        """One line: the options that give this dataset out-of-domain splits besides a split file ("" for none)."""
+        return ""
+
+    def requests_shifts(self) -> bool:
+        """True when the options ask for shift splits that only the data can check (unknown values, a group
+        or class left without train or val rows): sweeps then load the data before starting anything.
+        Here: a split file with `shift:<name>` rows; loaders with shift options of their own extend it."""
+        if not self.split_file:
+            return False
+        from noharm.datasets.splits import read_split_file
+
+        return bool(read_split_file(self.split_file, self.split_id_column)["split"].str.startswith(SHIFT_PREFIX).any())
+
     @abstractmethod
     def load(self, seed: int) -> DataBundle:
         """Read (or reuse from cache) the data and assign splits deterministically for `seed`."""
@@ -187,16 +235,20 @@ class GroupDataset(ABC):
 
 
 def _applying_split_file(load: Callable[[GroupDataset, int], DataBundle]) -> Callable[[GroupDataset, int], DataBundle]:
-    """`load`, followed by the split file's split when the dataset was given one."""
+    """`load`, followed by the split file's split when the dataset was given one (unless the loader applies
+    it itself), then the checks every shift split must pass (`shifts.check_shift_splits`)."""
     if getattr(load, "applies_split_file", False):
         return load
 
     @functools.wraps(load)
     def wrapper(self: GroupDataset, seed: int) -> DataBundle:
+        from noharm.datasets.shifts import check_shift_splits
+
         bundle = load(self, seed)
-        if getattr(self, "split_file", None):
+        if getattr(self, "split_file", None) and not self.applies_split_file_itself:
             table = bundle.table
             table["split"] = self.file_split(table["sample_id"], table["split"].to_numpy(object))
+        check_shift_splits(bundle.table, bundle.attributes, self.name)
         return bundle
 
     wrapper.applies_split_file = True  # type: ignore[attr-defined]

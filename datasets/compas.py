@@ -48,6 +48,10 @@ REQUIRED = ["id", *NUMERIC, "sex", "race", "age_cat", "c_charge_desc", *FILTER_C
 # Rows ProPublica's analysis keeps from the published file (their notebook prints 6172).
 PROPUBLICA_ROWS = 6172
 RACE_CHOICES = ("black-white", "all")
+SCREENING_DATE = "compas_screening_date"
+# Columns a natural shift may move rows by (`shift=COLUMN:VALUE`).
+SHIFT_COLUMNS = {"screening_year": f"the year of {SCREENING_DATE}: 2013 or 2014 in the published file",
+                 "c_charge_degree": "F felony, M misdemeanour"}
 
 
 def propublica_filter(raw: pd.DataFrame, dropped: dict[str, int]) -> pd.DataFrame:
@@ -78,6 +82,8 @@ class Compas(TabularFileDataset):
     categorical = CATEGORICAL
     log_scaled = COUNTS  # heavy-tailed counts
     class_names = ["no recidivism", "recidivism"]
+    shift_columns = SHIFT_COLUMNS
+    attribute_columns = ("race", "sex", "age", "age_cat", "two_year_recid")
     file_candidates = (FILE, f"compas-analysis/{FILE}")
     source_hint = "get it from github.com/propublica/compas-analysis (its licence does not allow shipping it)"
 
@@ -120,4 +126,18 @@ class Compas(TabularFileDataset):
         })
         features = df[NUMERIC + CATEGORICAL].copy()
         features["c_charge_desc"] = features["c_charge_desc"].fillna("missing").astype(str)
-        return TabularRows(table=table, features=features, dropped=dropped, notes=notes)
+        return TabularRows(table=table, features=features, dropped=dropped, notes=notes, domains=self.domains(df))
+
+    def domains(self, df: pd.DataFrame) -> pd.DataFrame | None:
+        """The shift columns of the kept rows (the screening year read only when a shift asks for it)."""
+        out = pd.DataFrame({"c_charge_degree": df["c_charge_degree"].astype(str)}, index=df.index)
+        if any(spec.column == "screening_year" for spec in self.shift_specs):
+            require_columns(df.columns, [SCREENING_DATE], self.name, FILE)
+            date = pd.to_datetime(df[SCREENING_DATE], format="%Y-%m-%d", errors="coerce")
+            bad = date.isna()
+            if bad.any():
+                i = int(np.flatnonzero(bad.to_numpy())[0])
+                raise DatasetError(f"compas: {FILE} line {df.index[i] + 2}: {SCREENING_DATE} is not a date "
+                                   f"YYYY-MM-DD ({df[SCREENING_DATE].iloc[i]!r})")
+            out["screening_year"] = date.dt.year.astype(str)
+        return out

@@ -15,6 +15,14 @@ A pooled model must learn both styles from a quarter of shifted data, so
 group-specific experts and the pooled model genuinely differ.
 Target `binary` (default): digit >= 5; target `digit`: the 10 classes.
 Splits: 60/20/20, stratified by (style, label), seeded by the trial seed.
+
+Natural shift, `held_out_styles=slant,thin` (also `erode`): for each style the
+test digits are drawn again, each in its group's style but on strokes the
+style transforms first (slant: sheared to italic; thin: intensity cubed;
+erode: 3x3 minimum filter), with their own pixel noise, as split
+`shift:<style>` (sample ids `<id>-<style>`). No image of that stroke is ever
+trained on, validated on, or selected on: both groups see a covariate shift,
+the minority one on top of its own style.
 """
 
 from __future__ import annotations
@@ -25,16 +33,45 @@ import torch
 import torch.nn.functional as F
 
 from noharm.datasets import register_dataset
-from noharm.datasets.base import DataBundle, DatasetError, GroupDataset
+from noharm.datasets.base import DataBundle, DatasetError, GroupDataset, is_shift
+from noharm.datasets.shifts import check_distinct_names, shift_name
 from noharm.datasets.splits import stratified_assign
 
 TINT = (1.0, 0.8, 0.5)
 
 
-def make_images(images8: np.ndarray, shifted: np.ndarray, image_size: int, seed: int) -> np.ndarray:
-    """Build uint8 [N, 3, S, S] images from 8x8 digits, applying the shift to `shifted` rows."""
+def _slant(x: torch.Tensor, shear: float = 0.35) -> torch.Tensor:
+    """Italic strokes: a horizontal shear (x' = x + 0.35 y), bilinear."""
+    theta = torch.tensor([[1.0, shear, 0.0], [0.0, 1.0, 0.0]]).expand(len(x), 2, 3)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def _thin(x: torch.Tensor) -> torch.Tensor:
+    """Faint, thin strokes: intensity cubed, so only the stroke's core stays bright."""
+    return x ** 3
+
+
+def _erode(x: torch.Tensor) -> torch.Tensor:
+    """Eroded strokes: a 3x3 minimum filter (the opposite of the shifted group's thickening)."""
+    return -F.max_pool2d(-x, kernel_size=3, stride=1, padding=1)
+
+
+# Held-out stroke transforms (`held_out_styles`): never in training; each redraws the test digits, in their own
+# group's style, on the transformed strokes. Measured in bench/perf/RESULTS.md ("digits-shift held-out styles"):
+# each lowers both groups' accuracy and leaves the minority far above chance (an outline stroke took every model
+# to chance, a broken stroke left the thickened minority untouched; neither is offered).
+STROKES = {"slant": _slant, "thin": _thin, "erode": _erode}
+
+
+def make_images(images8: np.ndarray, shifted: np.ndarray, image_size: int, seed: int,
+                stroke: str | None = None) -> np.ndarray:
+    """Build uint8 [N, 3, S, S] images from 8x8 digits, applying the shift to `shifted` rows (and, for a
+    held-out style, the stroke transform `stroke` to every row)."""
     x = torch.from_numpy(images8.astype(np.float32) / 16.0).unsqueeze(1)  # [N,1,8,8]
     x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False)
+    if stroke is not None:
+        x = STROKES[stroke](x).clamp(0, 1)
     s = torch.from_numpy(shifted)
     thick = F.max_pool2d(x, kernel_size=3, stride=1, padding=1)
     x = torch.where(s[:, None, None, None], thick, x)
@@ -57,6 +94,7 @@ class DigitsShift(GroupDataset):
     default_target = "binary"
     size_note = "1,797 images, about a quarter in the shifted style"
     attributes = {"style": "standard / shifted (inverted, rotated, thick, tinted strokes)"}
+    applies_split_file_itself = True  # before drawing the held-out styles of the test digits
 
     def __init__(
         self,
@@ -65,9 +103,17 @@ class DigitsShift(GroupDataset):
         image_size: int = 32,
         minority_fraction: float = 0.25,
         shift_seed: int = 0,
+        held_out_styles=None,
         **options,
     ):
         super().__init__(root=root, target=target, **options)
+        items = held_out_styles if isinstance(held_out_styles, (list, tuple)) else str(held_out_styles or "").split(",")
+        self.held_out_styles = [str(v).strip() for v in items if str(v).strip()]
+        unknown = [v for v in self.held_out_styles if v not in STROKES]
+        if unknown:
+            raise DatasetError(f"digits-shift: unknown held-out style {unknown[0]!r}; choose from: {', '.join(STROKES)}")
+        check_distinct_names([(f"style {v!r}", shift_name(v)) for v in self.held_out_styles],
+                             "digits-shift: held_out_styles")
         if not 8 <= int(image_size) <= 256:
             raise DatasetError(f"digits-shift: image_size must be between 8 and 256, got {image_size}")
         if not 0.0 < float(minority_fraction) < 1.0:
@@ -75,6 +121,10 @@ class DigitsShift(GroupDataset):
         self.image_size = int(image_size)
         self.minority_fraction = float(minority_fraction)
         self.shift_seed = int(shift_seed)
+
+    @classmethod
+    def shift_help(cls) -> str:
+        return f"held_out_styles=STYLE[,STYLE...], STYLE one of: {', '.join(STROKES)} (the test digits redrawn)"
 
     def load(self, seed: int) -> DataBundle:
         from sklearn.datasets import load_digits
@@ -91,10 +141,31 @@ class DigitsShift(GroupDataset):
             "y": y,
             "style": np.where(shifted, "shifted", "standard"),
         })
-        table.insert(1, "split", stratified_assign(table[["style", "y"]], (0.6, 0.2, 0.2), seed))
+        split = stratified_assign(table[["style", "y"]], (0.6, 0.2, 0.2), seed)
+        table.insert(1, "split", self.file_split(table["sample_id"], split))
+        table, x = self.with_held_out_styles(table, x, digits.images, shifted)
         class_names = [str(d) for d in range(10)] if self.target == "digit" else ["0-4", "5-9"]
         return DataBundle(
             name=self.name, table=table, x=x, num_classes=len(class_names), kind="image",
             class_names=class_names, attributes=["style"],
             mean=(0.45, 0.43, 0.40), std=(0.35, 0.33, 0.30), augment=None,
         )
+
+    def with_held_out_styles(self, table: pd.DataFrame, x: np.ndarray, images8: np.ndarray,
+                             shifted: np.ndarray) -> tuple[pd.DataFrame, np.ndarray]:
+        """The table and images plus, per held-out style, the test digits drawn in it as split `shift:<style>`
+        (pixel noise seeded by the style, so a style's images do not depend on which others are listed)."""
+        if not self.held_out_styles:
+            return table, x
+        test = np.flatnonzero(table["split"].to_numpy() == "test")
+        tables, images = [table], [x]
+        for style in self.held_out_styles:
+            copy = table.iloc[test].assign(split=shift_name(style),
+                                           sample_id=table["sample_id"].iloc[test] + f"-{style}")
+            tables.append(copy)
+            images.append(make_images(images8[test], shifted[test], self.image_size,
+                                      self.shift_seed + 1 + list(STROKES).index(style), stroke=style))
+        named = [("the split file", s) for s in pd.unique(table["split"]) if is_shift(s)]
+        check_distinct_names(named + [(f"held-out style {s!r}", shift_name(s)) for s in self.held_out_styles],
+                             self.name)
+        return pd.concat(tables, ignore_index=True), np.concatenate(images)

@@ -35,6 +35,21 @@ NUMERIC = ["duration", "credit_amount", "installment_rate", "residence_since", "
            "people_liable"]
 CATEGORICAL = ["status", "credit_history", "purpose", "savings", "employment", "personal_status",
                "other_debtors", "property", "installment_plans", "housing", "job", "telephone", "foreign_worker"]
+# Raw coded columns a natural shift may move rows by (`shift=COLUMN:CODE`), codes as german.data writes them.
+SHIFT_COLUMNS = {
+    "foreign_worker": "A201 yes, A202 no",
+    "purpose": "A40 new car, A41 used car, A42 furniture, A43 radio/TV, ..., A410 others",
+    "job": "A171 unskilled non-resident, A172 unskilled resident, A173 skilled, A174 management",
+    "housing": "A151 rent, A152 own, A153 for free",
+    "telephone": "A191 none, A192 yes",
+    "property": "A121 real estate, ..., A124 unknown or none",
+    "savings": "A61 < 100 DM, ..., A65 unknown or none",
+    "status": "checking account: A11 < 0 DM, A12 < 200 DM, A13 >= 200 DM, A14 none",
+    "employment": "present employment since: A71 unemployed, ..., A75 >= 7 years",
+    "credit_history": "A30 ... A34",
+    "other_debtors": "A101 none, A102 co-applicant, A103 guarantor",
+    "installment_plans": "A141 bank, A142 stores, A143 none",
+}
 SEX_OF_STATUS = {"A91": "Male", "A92": "Female", "A93": "Male", "A94": "Male", "A95": "Female"}
 EXPECTED_ROWS = 1000
 AGE_CUT = 25
@@ -75,6 +90,8 @@ class German(TabularDataset):
     # of 22 methods (FairSDE and its variants, decoupled, group-models, ...) predicted one class for a group
     # on some seed; at 30 epochs x batch 32 (570 steps) none does (bench/perf/defaults_check.py, RESULTS.md).
     training_budget = {"epochs": 30, "batch_size": 32}
+    shift_columns = SHIFT_COLUMNS
+    attribute_columns = ("personal_status", "age", "credit")
 
     def read_rows(self) -> TabularRows:
         raw = read_raw()
@@ -84,4 +101,4 @@ class German(TabularDataset):
             "sex": raw["personal_status"].map(SEX_OF_STATUS),
             "age": np.where(raw["age"] < AGE_CUT, f"under-{AGE_CUT}", f"{AGE_CUT}-plus"),
         })
-        return TabularRows(table=table, features=raw[NUMERIC + CATEGORICAL])
+        return TabularRows(table=table, features=raw[NUMERIC + CATEGORICAL], domains=raw[list(SHIFT_COLUMNS)])

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from noharm.datasets.base import SPLITS, DatasetError
+from noharm.datasets.base import SHIFT_PREFIX, SPLITS, DatasetError, valid_split
 
 
 def _check_fractions(fractions: tuple[float, ...]) -> np.ndarray:
@@ -94,8 +94,8 @@ def split_file_digest(path: str | os.PathLike) -> str:
 def read_split_file(path: str | os.PathLike, id_column: str | None = None) -> pd.DataFrame:
     """The file's (id, split) rows as a two-column frame `id, split`; DatasetError (one line) when malformed.
 
-    The id column is `id_column`, else `sample_id`. Split names must be train, val or test, and no id
-    may appear twice.
+    The id column is `id_column`, else `sample_id`. Split names must be train, val, test or an
+    out-of-domain `shift:<name>` (letters, digits, `_ . -`), and no id may appear twice.
     """
     where = f"split_file {str(path)!r}"
     try:
@@ -111,10 +111,10 @@ def read_split_file(path: str | os.PathLike, id_column: str | None = None) -> pd
         hint = "" if id_column else " (name the id column with --option split_id_column=NAME)"
         raise DatasetError(f"{where} lacks column(s) {', '.join(missing)}; it has: {', '.join(map(str, raw.columns))}{hint}")
     table = pd.DataFrame({"id": raw[column].str.strip(), "split": raw["split"].str.strip()})
-    bad = table.loc[~table["split"].isin(SPLITS), "split"]
+    bad = table.loc[~table["split"].map(valid_split), "split"]
     if len(bad):
         raise DatasetError(f"{where}: split {bad.iloc[0]!r} on {len(bad)} row(s) is not one of "
-                           f"{', '.join(SPLITS)}; rename it")
+                           f"{', '.join(SPLITS)} or {SHIFT_PREFIX}<name> (letters, digits, _ . -); rename it")
     dup = table["id"][table["id"].duplicated()]
     if len(dup):
         shown = ", ".join(map(repr, dup.unique()[:SPLIT_FILE_SHOWN]))

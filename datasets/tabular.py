@@ -6,6 +6,11 @@ columns, and what was dropped and why) in `read_rows`, and declares which
 feature columns are numeric and which categorical; `load` splits the rows for
 the seed, stratified by every attribute jointly and the label, and fits the
 encoder on the train rows only.
+
+Natural shift: a loader that declares `shift_columns` (raw, non-sensitive
+columns, e.g. adult's `workclass`) and fills `TabularRows.domains` with them
+takes `shift=COLUMN:VALUE[,VALUE...]`: the rows holding those values leave
+train / val / test for `shift:<VALUE>` before the split (`noharm.datasets.shifts`).
 """
 
 from __future__ import annotations
@@ -21,7 +26,8 @@ import pandas as pd
 from sklearn.compose import ColumnTransformer
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-from noharm.datasets.base import DataBundle, DatasetError, GroupDataset
+from noharm.datasets.base import DataBundle, DatasetError, GroupDataset, is_shift
+from noharm.datasets.shifts import ShiftSpec, assign_shift, check_distinct_names, parse_shift
 from noharm.datasets.splits import stratified_assign
 
 SHOWN_VALUES = 8  # allowed values named in an "unexpected value" message
@@ -75,12 +81,14 @@ class TabularRows:
     `table` has `sample_id`, `y` (0/1) and one string column per attribute;
     `features` is aligned with it row by row. `notes` are facts worth printing
     in `noharm datasets check` (e.g. a row count to compare with the publisher's).
+    `domains` (aligned too) holds the raw values of the loader's `shift_columns`.
     """
 
     table: pd.DataFrame
     features: pd.DataFrame
     dropped: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    domains: pd.DataFrame | None = None
 
 
 class TabularDataset(GroupDataset):
@@ -93,12 +101,32 @@ class TabularDataset(GroupDataset):
     log_scaled: ClassVar[list[str]] = []
     max_categories: ClassVar[int | None] = None
     class_names: ClassVar[list[str]] = ["no", "yes"]
+    # Raw columns the `shift` option may move rows by (name -> what its values are), filled into
+    # `TabularRows.domains` by `read_rows`; and the raw columns behind the attributes and the target,
+    # which it refuses (a shift by a sensitive column would take a group out of training).
+    shift_columns: ClassVar[dict[str, str]] = {}
+    attribute_columns: ClassVar[tuple[str, ...]] = ()
+    applies_split_file_itself = True  # before fitting on train rows and before the shift
 
-    def __init__(self, root: str | os.PathLike | None = None, target: str | None = None, **options: Any):
+    def __init__(self, root: str | os.PathLike | None = None, target: str | None = None, shift: Any = None,
+                 **options: Any):
         super().__init__(root=str(root) if root else None, target=target, **options)
         self.root_path = Path(str(root)).expanduser().absolute() if root else None
+        refused = {c: "the target" if c in self.targets else "a sensitive attribute (or the raw column of one)"
+                   for c in (*self.attribute_columns, *self.attributes, *self.targets)}
+        self.shift_specs: list[ShiftSpec] = (
+            [parse_shift(shift, self.shift_columns, refused, self.name)] if shift not in (None, "") else [])
         # Filled by `load`: facts for `noharm datasets check`.
         self.notes: list[str] = []
+
+    @classmethod
+    def shift_help(cls) -> str:
+        if not cls.shift_columns:
+            return ""
+        return f"shift=COLUMN:VALUE[,VALUE...], COLUMN one of: {', '.join(cls.shift_columns)}"
+
+    def requests_shifts(self) -> bool:
+        return bool(self.shift_specs) or super().requests_shifts()
 
     def read_rows(self) -> TabularRows:
         """Read the source into a `TabularRows` (filters applied, drops counted)."""
@@ -108,8 +136,14 @@ class TabularDataset(GroupDataset):
         """(numeric, categorical) feature columns used for this instance's options."""
         return list(self.numeric), list(self.categorical)
 
+    def assign_splits(self, rows: TabularRows, keep: np.ndarray, seed: int) -> np.ndarray:
+        """The train / val / test split of the rows where `keep` holds (the in-domain rows), for `seed`:
+        stratified by every attribute jointly and the label, in `fractions`."""
+        table = rows.table.reset_index(drop=True)[keep]
+        return stratified_assign(table[[*self.attributes, "y"]], self.fractions, int(seed))
+
     def load(self, seed: int) -> DataBundle:
-        """Read the rows, split them for `seed`, encode the features fitted on train."""
+        """Read the rows, hold out the shift rows, split the rest for `seed`, encode the features fitted on train."""
         self.validate_files()
         rows = self.read_rows()
         self.notes = list(rows.notes)
@@ -117,8 +151,16 @@ class TabularDataset(GroupDataset):
         if table.empty:
             reasons = ", ".join(f"{k}: {v}" for k, v in rows.dropped.items()) or "the source holds none"
             raise DatasetError(f"{self.name}: no usable rows ({reasons})")
-        split = stratified_assign(table[[*self.attributes, "y"]], self.fractions, int(seed))
+        shifted = self.shifted_rows(rows)
+        in_domain = shifted == ""
+        split = np.empty(len(table), dtype=object)
+        split[in_domain] = self.assign_splits(rows, in_domain, seed)
         split = self.file_split(table["sample_id"], split)  # a split file's rows, before fitting on train
+        if not in_domain.all():
+            named = [("the split file", s) for s in pd.unique(split[in_domain]) if is_shift(s)]
+            check_distinct_names(named + [(f"shift value {v!r}", name) for spec in self.shift_specs
+                                          for v, name in zip(spec.values, spec.splits)], self.name)
+            split[~in_domain] = shifted[~in_domain]
         table.insert(1, "split", split)
         table["y"] = table["y"].astype(np.int64)
         numeric, categorical = self.feature_columns()
@@ -130,6 +172,14 @@ class TabularDataset(GroupDataset):
             name=self.name, table=table, x=x, num_classes=2, kind="tabular",
             class_names=list(self.class_names), attributes=list(self.attributes), dropped=dict(rows.dropped),
         )
+
+    def shifted_rows(self, rows: TabularRows) -> np.ndarray:
+        """Per row: the shift split the `shift` option sends it to, or "" (in domain)."""
+        if not self.shift_specs:
+            return np.full(len(rows.table), "", dtype=object)
+        if rows.domains is None:
+            raise DatasetError(f"{self.name}: the loader gave no domain columns; it cannot take a shift option")
+        return assign_shift(rows.domains.reset_index(drop=True), self.shift_specs, self.name)
 
 
 class TabularFileDataset(TabularDataset):

@@ -25,6 +25,7 @@ def ray_session(tmp_path_factory):
     from noharm.methods import METHODS
 
     site = install_testkit(tmp_path_factory.getbasetemp() / "sweep-testkit")
+    before = {registry: set(registry._items) for registry in (METHODS, DATASETS)}
     saved_env = {k: os.environ.get(k) for k in ("PYTHONPATH",)}
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in [str(site), os.environ.get("PYTHONPATH", "")] if p)
     sys.path.insert(0, str(site))
@@ -41,8 +42,8 @@ def ray_session(tmp_path_factory):
     sys.path.remove(str(site))
     for k, v in saved_env.items():
         os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
-    for registry, names in ((METHODS, ("tiny-erm", "always-fails")), (DATASETS, ("tiny-blobs",))):
-        for name in names:
+    for registry, names in before.items():  # everything the testkit registered, so another module can load it again
+        for name in set(registry._items) - names:
             registry._items.pop(name, None)
     sys.modules.pop("noharm_sweep_testkit", None)
 

@@ -45,6 +45,8 @@ def run_list(args: argparse.Namespace) -> int:
         if cls.training_budget:
             print("    budget:     " + ", ".join(f"{k}={v}" for k, v in cls.training_budget.items())
                   + " (for every method, unless --set or a suite sets it)")
+        if cls.shift_help():  # out-of-domain splits besides a split file's
+            print(f"    shifts:     {cls.shift_help()}")
         print(f"    source:     {'embedded' if not cls.needs_root else 'local folder (--data-root)'}; {cls.citation}")
     return 0
 

@@ -37,6 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from noharm.bench.errors import ConfigError
 from noharm.bench.objectives import canonical
 from noharm.datasets import DATASETS, DatasetError, get_dataset, resolve_root
+from noharm.datasets.shifts import check_requested_shifts
 from noharm.methods import METHODS
 from noharm.methods.hparams import HparamError, resolve
 from noharm.methods.selection import STRATEGIES
@@ -59,6 +60,9 @@ class DatasetEntry(Strict):
     options: dict[str, Any] = Field(default_factory=dict)
     # Shortcut for options.target.
     target: str | None = None
+    # Shortcut for options.shift (tabular datasets): `COLUMN:VALUE[,VALUE...]` or {COLUMN: [VALUE, ...]};
+    # those rows become out-of-domain splits `shift:<VALUE>`, scored by every trial, read by no decision.
+    shift: str | dict[str, Any] | None = None
     # Fixed hyperparameters for every method on this dataset (e.g. backbone: cnn).
     hparams: dict[str, Any] = Field(default_factory=dict)
     # Attributes that get a hyperparameter search; the others reuse the best settings
@@ -70,6 +74,8 @@ class DatasetEntry(Strict):
         opts = dict(self.options)
         if self.target is not None:
             opts["target"] = self.target
+        if self.shift is not None:
+            opts["shift"] = self.shift
         return opts
 
     @property
@@ -421,7 +427,9 @@ def _resolve_roots(suite: Suite, data_root: str | os.PathLike | None) -> Suite:
 
 
 def check_files(suite: Suite) -> None:
-    """Every dataset's official files are where the suite says (DatasetError naming the first missing path).
+    """Every dataset's official files are where the suite says (DatasetError naming the first missing path),
+    and every shift split the options ask for fits the data (`check_requested_shifts`: known values, every
+    group and class left in train and val, on every seed).
 
     Called before any trial starts, so a wrong --data-root fails in a second.
     """
@@ -432,6 +440,10 @@ def check_files(suite: Suite) -> None:
         except DatasetError as exc:
             raise DatasetError(f"{suite.source}: dataset {entry.label}: {exc}") from None
         dataset.validate_files()
+        try:
+            check_requested_shifts(dataset, entry.attributes, suite.seeds, suite.min_group_size)
+        except DatasetError as exc:
+            raise DatasetError(f"{suite.source}: dataset {entry.label}: {exc}") from None
 
 
 def slug(text: str) -> str:
