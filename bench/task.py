@@ -6,7 +6,9 @@ restored model always scores exactly the rows, labels and groups it was trained 
 
 from __future__ import annotations
 
+import json
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,6 +50,40 @@ def load_task(dataset: GroupDataset, attribute: str, seed: int, min_group_size: 
         mean=bundle.mean, std=bundle.std, augment=bundle.augment,
     )
     return LoadedTask(task=task, bundle=bundle, grouping=grouping, load_seconds=load_seconds)
+
+
+# A sweep worker runs trial after trial in one process (Tune reuses its actors), mostly on the same dataset,
+# attribute and seed: it keeps the last few tasks it loaded (adult's load is ~0.5 s of a 5 s trial). Methods
+# only read a task (tests/test_task_cache.py checks every registered method leaves it as loaded). Only sweep
+# workers use it (`run_trial(reuse_task=True)`): a caller that swaps a dataset object under the same name
+# and options (tests do) must not get another's task.
+TASK_CACHE_SIZE = 4
+_TASKS: OrderedDict[str, LoadedTask] = OrderedDict()
+
+
+def task_cache_key(dataset_name: str, options: dict[str, Any], attribute: str, seed: int,
+                   min_group_size: int) -> str:
+    """What a loaded task depends on: dataset and options (a split file by its content), attribute, seed."""
+    from noharm.datasets.splits import split_file_digest
+
+    options = dict(options)
+    if options.get("split_file"):
+        options["split_file_sha256"] = split_file_digest(options["split_file"])
+    return json.dumps([dataset_name, options, attribute, int(seed), int(min_group_size)], sort_keys=True, default=str)
+
+
+def cached_load_task(dataset: GroupDataset, key: str, attribute: str, seed: int, min_group_size: int = 10) -> LoadedTask:
+    """`load_task`, reusing this process's task of the same `key` (`task_cache_key`); a reused task reports
+    a load time of 0 (nothing was read)."""
+    if key in _TASKS:
+        _TASKS.move_to_end(key)
+        hit = _TASKS[key]
+        return LoadedTask(task=hit.task, bundle=hit.bundle, grouping=hit.grouping, load_seconds=0.0)
+    loaded = load_task(dataset, attribute, seed, min_group_size)
+    _TASKS[key] = loaded
+    while len(_TASKS) > TASK_CACHE_SIZE:
+        _TASKS.popitem(last=False)
+    return loaded
 
 
 def load_run_task(config: dict[str, Any]) -> LoadedTask:

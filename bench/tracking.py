@@ -11,7 +11,7 @@ Layout of a sweep in MLflow (README.md, "What a sweep leaves in MLflow" document
   (`<method run id>,<ERM run id>`) and `noharm.strategy`;
 - params: every resolved hyperparameter under its own name, dataset options as
   `dataset.<option>`, and `trial.objective`, `trial.precision`,
-  `trial.min_group_size`;
+  `trial.channels_last`, `trial.min_group_size`;
 - metrics: every key of `TrialResult.metrics` (`{split}/{candidate}/{metric}`),
   `cost/<name>`, `objective` (the suite's validation objective, higher is
   better), and per epoch `epoch/train_loss`, `epoch/val_objective` (step = epoch);

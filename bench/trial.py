@@ -32,7 +32,7 @@ from noharm.bench.spec import (  # noqa: F401  (re-exported: the budget rule's n
     FROM_DATASET, FROM_METHOD, FROM_SET, REPORTED_BUDGET, TrialSpec, budget_of, budget_text, declared_budget,
     trial_hparams,
 )
-from noharm.bench.task import load_task
+from noharm.bench.task import cached_load_task, load_task, task_cache_key
 from noharm.datasets import get_dataset
 from noharm.datasets.base import shift_splits
 from noharm.methods import FitContext, TaskData, get_method
@@ -156,9 +156,14 @@ def run_trial(
     device: str = "auto",
     log: Callable[[str], None] = lambda msg: None,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    reuse_task: bool = False,
 ) -> TrialResult:
     """Train and score one trial (its spec already resolved: nothing is resolved here). Raises on bad input
-    before any training starts."""
+    before any training starts.
+
+    `reuse_task`: take the task from, and leave it in, this process's cache of loaded tasks
+    (`bench.task.cached_load_task`): for sweep workers, which run trial after trial on registered datasets.
+    """
     t_start, cpu_start = time.perf_counter(), time.process_time()
     dev = resolve_device(device)
     if cfg.precision == "fp16" and dev.type != "cuda":
@@ -169,7 +174,11 @@ def run_trial(
     method = method_cls(hparams)
     budget = cfg.budget
     log(f"budget: {budget_text(cfg.dataset, budget)}")
-    loaded = load_task(dataset, cfg.attribute, cfg.seed, cfg.min_group_size)
+    if reuse_task:
+        key = task_cache_key(cfg.dataset, cfg.dataset_options, cfg.attribute, cfg.seed, cfg.min_group_size)
+        loaded = cached_load_task(dataset, key, cfg.attribute, cfg.seed, cfg.min_group_size)
+    else:
+        loaded = load_task(dataset, cfg.attribute, cfg.seed, cfg.min_group_size)
     task, bundle, grouping, load_seconds = loaded.task, loaded.bundle, loaded.grouping, loaded.load_seconds
     val_idx = task.indices("val")
     objective = make_objective(cfg.objective, task.y[val_idx], task.group[val_idx], list(grouping.names))

@@ -132,3 +132,26 @@ def test_the_driver_resolves_once_per_trial_and_the_worker_never(tmp_path, monke
     params = tracker.get(result["run_id"]).data.params
     assert params["epochs"] == "1" and params["trial.budget"] == "epochs=1 (set for this trial), " \
                                                                "batch_size=256 (set for this trial)"
+
+
+def test_a_suite_forces_the_memory_format_of_its_image_trials_and_the_key_says_so():
+    from noharm.bench.sweep import grid
+    from noharm.bench.sweep.keys import trial_key
+    from noharm.bench.sweep.trials import trial_params
+
+    specs = {}
+    for value in (None, "auto", "on", "off"):
+        raw = dict(DIGITS_SUITE, **({} if value is None else {"channels_last": value}))
+        suite = parse_suite(raw)
+        cell = grid.cells(suite)[0]
+        specs[value] = grid.trial_spec(suite, cell, {}, 0)
+    assert [specs[v].channels_last for v in (None, "auto", "on", "off")] == ["auto", "auto", "on", "off"]
+    keys = {v: trial_key(s) for v, s in specs.items()}
+    # `auto` (the default) keeps every existing key; a forced format is another number stream, another key.
+    assert keys[None] == keys["auto"] and len({keys["auto"], keys["on"], keys["off"]}) == 3
+    assert trial_params(specs["on"])["trial.channels_last"] == "on"
+    # YAML reads a bare on/off as a boolean: the suite takes it as meant.
+    assert parse_suite(dict(DIGITS_SUITE, channels_last=True)).channels_last == "on"
+    assert parse_suite(dict(DIGITS_SUITE, channels_last=False)).channels_last == "off"
+    with pytest.raises(ConfigError, match="channels_last"):
+        parse_suite(dict(DIGITS_SUITE, channels_last="sideways"))

@@ -107,6 +107,7 @@ def trial_spec(suite: Suite, cell: Cell, hparams: dict[str, Any], seed: int) -> 
     return TrialSpec.resolve(
         dataset=cell.dataset, attribute=cell.attribute, method=cell.method, seed=seed, hparams=chosen,
         dataset_options=dict(cell.options), objective=suite.search.objective, precision=suite.precision,
+        channels_last=suite.channels_last,
         min_group_size=suite.min_group_size, train_predictions=suite.train_predictions,
     )
 

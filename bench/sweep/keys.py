@@ -4,7 +4,7 @@ Two trials with the same key produce the same predictions (same code, same
 seed, CPU), so a sweep skips a key that MLflow already holds as FINISHED. The
 key covers dataset, attribute, method, fully resolved hyperparameters, seed,
 dataset options (and the content of a `split_file`), objective, precision, minimum group size,
-whether training rows are stored, and `CODE_VERSION`.
+whether training rows are stored, a memory format forced on or off, and `CODE_VERSION`.
 It leaves out what does not change numbers (suite name, output folder,
 tracking URI, device choice, concurrency).
 """
@@ -18,6 +18,7 @@ from typing import Any
 
 from noharm.bench.spec import TrialSpec
 from noharm.datasets.splits import split_file_digest
+from noharm.settings import CHANNELS_LAST
 
 # Bump the suffix when a change alters trial numbers without changing the package
 # version (a fixed bug in a loss, a new split rule): old keys then no longer match.
@@ -56,6 +57,8 @@ def trial_key(cfg: TrialSpec) -> str:
         payload["split_file_sha256"] = split_file_digest(cfg.dataset_options["split_file"])
     if cfg.train_predictions:
         payload["train_predictions"] = True
+    if cfg.channels_last != CHANNELS_LAST.default:  # a forced memory format rounds differently
+        payload["channels_last"] = cfg.channels_last
     return _digest(payload)
 
 

@@ -41,7 +41,7 @@ from noharm.datasets.shifts import check_requested_shifts
 from noharm.methods import METHODS
 from noharm.methods.hparams import HparamError, resolve
 from noharm.methods.selection import STRATEGIES
-from noharm.settings import PRECISION, SELECTION_METRIC
+from noharm.settings import CHANNELS_LAST, PRECISION, SELECTION_METRIC
 
 ALL = "all"
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
@@ -141,6 +141,9 @@ class Suite(Strict):
     max_concurrent: int | None = Field(None, ge=1)
     retries: int = Field(1, ge=0)
     precision: PRECISION.literal = Field(PRECISION.default, description=PRECISION.help)
+    # Memory format of image models (tabular trials ignore it): rounding only, but a different number stream,
+    # so a value other than `auto` enters the trial key.
+    channels_last: CHANNELS_LAST.literal = Field(CHANNELS_LAST.default, description=CHANNELS_LAST.help)
     min_group_size: int = Field(10, ge=1)
     # Also store every trial's training-split predictions (default: validation and test only).
     train_predictions: bool = False
@@ -149,6 +152,12 @@ class Suite(Strict):
     tracking: TrackingSettings = Field(default_factory=TrackingSettings)
     # Where the suite came from (for messages); not part of the file.
     source: str = ""
+
+    @field_validator("channels_last", mode="before")
+    @classmethod
+    def _yaml_on_off(cls, value: Any) -> Any:
+        # YAML 1.1 reads a bare `on` / `off` as a boolean.
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
     @field_validator("seeds")
     @classmethod

@@ -146,7 +146,7 @@ def trial_params(cfg: TrialSpec) -> dict[str, Any]:
     params["trial.budget"] = budget_text(cfg.dataset, cfg.budget)
     params.update({f"dataset.{k}": v for k, v in cfg.dataset_options.items()})
     params.update({"trial.objective": cfg.objective, "trial.precision": cfg.precision,
-                   "trial.min_group_size": cfg.min_group_size})
+                   "trial.channels_last": cfg.channels_last, "trial.min_group_size": cfg.min_group_size})
     return params
 
 
@@ -172,7 +172,7 @@ def run_training(job: Job, context: dict[str, Any], tracker: Tracker) -> dict[st
         history: list[tuple[int, dict[str, float]]] = []
         try:
             result = run_trial(cfg, device=trial_device(context.get("device", "auto"), assigned_gpus()),
-                               on_epoch=lambda epoch, values: history.append((epoch, dict(values))))
+                               on_epoch=lambda epoch, values: history.append((epoch, dict(values))), reuse_task=True)
             break
         except Exception as exc:  # any failure of the method is recorded, the sweep goes on
             errors.append((f"attempt {attempt} of {attempts}:\n{traceback.format_exc()}", one_line(exc)))
