@@ -44,7 +44,7 @@ def test_a_fresh_trial_reproduces_a_published_cell():
                     & (settings["method"] == CELL["method"])]
     chosen = {r.param: str(r.value) for r in rows.itertuples() if not r.param.startswith("(")}
     assert chosen, "the published settings table names no searched setting of the cell"
-    result = run_trial(grid.trial_config(suite, cell, chosen, CELL["seed"]), device="cpu")
+    result = run_trial(grid.trial_spec(suite, cell, chosen, CELL["seed"]), device="cpu")
     want = summary[(summary["dataset"] == CELL["dataset"]) & (summary["attribute"] == CELL["attribute"])
                    & (summary["entry"] == CELL["method"]) & (summary["seed"] == CELL["seed"])]
     assert len(want) == 1
