@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from noharm.datasets import DataBundle, Grouping, GroupDataset, get_dataset
+from noharm.datasets.splits import split_file_digest
 from noharm.methods import TaskData
 
 
@@ -64,8 +65,6 @@ _TASKS: OrderedDict[str, LoadedTask] = OrderedDict()
 def task_cache_key(dataset_name: str, options: dict[str, Any], attribute: str, seed: int,
                    min_group_size: int) -> str:
     """What a loaded task depends on: dataset and options (a split file by its content), attribute, seed."""
-    from noharm.datasets.splits import split_file_digest
-
     options = dict(options)
     if options.get("split_file"):
         options["split_file_sha256"] = split_file_digest(options["split_file"])
