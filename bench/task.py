@@ -71,9 +71,11 @@ def task_cache_key(dataset_name: str, options: dict[str, Any], attribute: str, s
     return json.dumps([dataset_name, options, attribute, int(seed), int(min_group_size)], sort_keys=True, default=str)
 
 
-def cached_load_task(dataset: GroupDataset, key: str, attribute: str, seed: int, min_group_size: int = 10) -> LoadedTask:
-    """`load_task`, reusing this process's task of the same `key` (`task_cache_key`); a reused task reports
-    a load time of 0 (nothing was read)."""
+def cached_load_task(dataset: GroupDataset, name: str, options: dict[str, Any], attribute: str, seed: int,
+                     min_group_size: int = 10) -> LoadedTask:
+    """`load_task` of `dataset` (registered as `name`, built with `options`), reusing this process's task of
+    the same `task_cache_key`; a reused task reports a load time of 0 (nothing was read)."""
+    key = task_cache_key(name, options, attribute, seed, min_group_size)
     if key in _TASKS:
         _TASKS.move_to_end(key)
         hit = _TASKS[key]

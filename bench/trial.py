@@ -32,7 +32,7 @@ from noharm.bench.spec import (  # noqa: F401  (re-exported: the budget rule's n
     FROM_DATASET, FROM_METHOD, FROM_SET, REPORTED_BUDGET, TrialSpec, budget_of, budget_text, declared_budget,
     trial_hparams,
 )
-from noharm.bench.task import cached_load_task, load_task, task_cache_key
+from noharm.bench.task import cached_load_task, load_task
 from noharm.datasets import get_dataset
 from noharm.datasets.base import shift_splits
 from noharm.methods import FitContext, TaskData, get_method
@@ -175,8 +175,7 @@ def run_trial(
     budget = cfg.budget
     log(f"budget: {budget_text(cfg.dataset, budget)}")
     if reuse_task:
-        key = task_cache_key(cfg.dataset, cfg.dataset_options, cfg.attribute, cfg.seed, cfg.min_group_size)
-        loaded = cached_load_task(dataset, key, cfg.attribute, cfg.seed, cfg.min_group_size)
+        loaded = cached_load_task(dataset, cfg.dataset, cfg.dataset_options, cfg.attribute, cfg.seed, cfg.min_group_size)
     else:
         loaded = load_task(dataset, cfg.attribute, cfg.seed, cfg.min_group_size)
     task, bundle, grouping, load_seconds = loaded.task, loaded.bundle, loaded.grouping, loaded.load_seconds

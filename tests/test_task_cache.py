@@ -26,7 +26,7 @@ def _snapshot(loaded: T.LoadedTask) -> dict:
 
 def test_every_method_leaves_the_cached_task_as_loaded():
     key = T.task_cache_key("german", {}, "age", 0, 10)
-    cached = T.cached_load_task(get_dataset("german"), key, "age", 0, 10)
+    cached = T.cached_load_task(get_dataset("german"), "german", {}, "age", 0, 10)
     before = _snapshot(cached)
     ran = []
     for name in METHODS.names():
@@ -77,12 +77,12 @@ def test_the_key_separates_what_shapes_a_task(tmp_path):
 def test_the_cache_keeps_the_most_recent_tasks():
     dataset = get_dataset("german")
     keys = [T.task_cache_key("german", {}, "age", seed, 10) for seed in range(T.TASK_CACHE_SIZE + 1)]
-    first = T.cached_load_task(dataset, keys[0], "age", 0, 10)
+    first = T.cached_load_task(dataset, "german", {}, "age", 0, 10)
     assert first.load_seconds > 0
-    hit = T.cached_load_task(dataset, keys[0], "age", 0, 10)
+    hit = T.cached_load_task(dataset, "german", {}, "age", 0, 10)
     assert hit.task is first.task and hit.load_seconds == 0.0
-    for seed, key in enumerate(keys[1:], start=1):
-        T.cached_load_task(dataset, key, "age", seed, 10)
+    for seed in range(1, len(keys)):
+        T.cached_load_task(dataset, "german", {}, "age", seed, 10)
     assert keys[0] not in T._TASKS and list(T._TASKS) == keys[1:]
     # Different seeds split differently: the cache did not hand one seed's task to another.
     assert not np.array_equal(T._TASKS[keys[1]].task.split, T._TASKS[keys[2]].task.split)
