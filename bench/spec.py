@@ -69,6 +69,16 @@ def budget_text(dataset: str, budget: Mapping[str, Mapping[str, Any]]) -> str:
     return ", ".join(f"{k}={v['value']} ({where[v['source']]})" for k, v in budget.items())
 
 
+def refuse_unknown_keys(what: str, data: Mapping[str, Any], cls: type) -> None:
+    """One ConfigError line when `data` (a dict that crossed from a driver to a worker) holds a key that is not a
+    field of the dataclass `cls`."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"{what}: unknown key(s) {', '.join(map(repr, unknown))}; valid keys: "
+                          f"{', '.join(sorted(known))} (a driver and a worker of different noharm versions?)")
+
+
 @dataclass(frozen=True)
 class TrialSpec:
     """One trial, fully resolved: what defines its numbers (and the in-trial selection of `noharm trial`).
@@ -165,11 +175,7 @@ class TrialSpec:
         """The spec `to_dict` wrote; an unknown or missing key, or a bad value, is one ConfigError line."""
         if not isinstance(data, Mapping):
             raise ConfigError(f"trial spec: expected a mapping, got {type(data).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"trial spec: unknown key(s) {', '.join(map(repr, unknown))}; valid keys: "
-                              f"{', '.join(sorted(known))} (a driver and a worker of different noharm versions?)")
+        refuse_unknown_keys("trial spec", data, cls)
         missing = sorted(k for k in ("dataset", "attribute", "method", "hparams", "sources") if k not in data)
         if missing:
             raise ConfigError(f"trial spec: missing key(s) {', '.join(map(repr, missing))}")

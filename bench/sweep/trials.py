@@ -27,7 +27,7 @@ from noharm.analysis.record import COMPOSE, EVALUATE, PREDICTIONS_ARTIFACT, SEAR
 from noharm.bench.compose import ERM_CANDIDATE, compose
 from noharm.bench.errors import ConfigError
 from noharm.bench.objectives import MINIMISED_SUFFIXES, canonical
-from noharm.bench.spec import TrialSpec, budget_text
+from noharm.bench.spec import TrialSpec, budget_text, refuse_unknown_keys
 from noharm.bench.sweep.capacity import trial_device
 from noharm.bench.tracking import Tracker
 from noharm.bench.trial import run_trial, save_trial, score_predictions
@@ -70,11 +70,7 @@ class Job:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Job":
         """The job `to_dict` wrote; an unknown key (here or in the trial spec) is one ConfigError line."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"sweep job: unknown key(s) {', '.join(map(repr, unknown))}; valid keys: "
-                              f"{', '.join(sorted(known))} (a driver and a worker of different noharm versions?)")
+        refuse_unknown_keys("sweep job", data, cls)
         trial = data.get("trial")
         return cls(**{**data, "trial": TrialSpec.from_dict(trial) if trial is not None else None})
 
